@@ -1,0 +1,7 @@
+"""Bijectors, one file per family."""
+from .coupling import AdditiveCoupling, AffineCoupling, alternating_mask
+from .elementwise import Scaling
+from .permutation import Permutation, Reverse
+
+__all__ = ["AdditiveCoupling", "AffineCoupling", "alternating_mask", "Scaling", "Permutation",
+           "Reverse"]

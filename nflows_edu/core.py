@@ -1,0 +1,278 @@
+r"""The contract every layer follows: ``Module``, ``Bijector``, ``Chain``, ``Inverse``, ``Flow``.
+
+Direction convention
+--------------------
+``forward`` is the *normalizing* direction, data to noise, ``z = f(x)``; ``inverse`` is the
+*generative* direction, ``x = g(z) = f^{-1}(z)``. Both return ``(out, logdet, cache)`` where
+``logdet[n] = log|det d(out_n)/d(in_n)|`` for that call's own direction, so
+
+    log p(x) = log p_Z(f(x)) + log|det df/dx|.
+
+Backpropagation is explicit: ``backward(dz, dlogdet, cache)`` is the vector-Jacobian product of
+``forward`` (upstream gradients of the loss with respect to ``z`` and to ``logdet``), returns
+``dx`` and *adds* parameter gradients into ``self.grads``. ``inverse_backward`` does the same
+for ``inverse``. The cache is returned, never stored, so nothing is hidden in the object.
+"""
+import numpy as np
+
+
+def check_array(x, where, dim=None):
+    r"""Return ``x`` as an array after checking it is a finite, non-empty ``(N, dim)`` batch.
+
+    Raises ``ValueError`` naming ``where`` (the layer or function) and what it expected.
+    """
+    x = np.asarray(x)
+    expected = f"(N, {dim})" if dim is not None else "(N, D)"
+    if x.ndim != 2 or (dim is not None and x.shape[1] != dim):
+        raise ValueError(f"{where}: expected an array of shape {expected}, got shape {x.shape}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{where}: expected a non-empty batch of shape {expected}, got N = 0")
+    if not np.issubdtype(x.dtype, np.floating):
+        x = x.astype(np.float64)
+    if not np.isfinite(x).all():
+        raise ValueError(f"{where}: expected finite values, got NaN or inf")
+    return x
+
+
+class Module:
+    r"""Anything with parameters: ``params`` and ``grads`` dicts of arrays with the same keys.
+
+    Sub-modules are found among the attributes (a ``Module`` or a list of them), so
+    ``parameters()`` walks the whole tree and yields ``(qualified_name, param, grad)``.
+    ``buffers`` holds arrays that are saved with the model but not trained (a permutation).
+    Optimizers update ``param`` and read ``grad`` in place, so neither is ever rebound.
+    """
+
+    def __init__(self):
+        self.params = {}
+        self.grads = {}
+        self.buffers = {}
+
+    def add_param(self, name, value):
+        self.params[name] = value
+        self.grads[name] = np.zeros_like(value)
+
+    def children(self):
+        """Yield ``(name, module)`` for the direct sub-modules, in attribute order."""
+        for name, value in vars(self).items():
+            if isinstance(value, Module):
+                yield name, value
+            elif isinstance(value, (list, tuple)):
+                for i, item in enumerate(value):
+                    if isinstance(item, Module):
+                        yield f"{name}.{i}", item
+
+    def parameters(self, prefix=""):
+        """Yield ``(qualified_name, param, grad)`` over this module and all sub-modules."""
+        for name, p in self.params.items():
+            yield prefix + name, p, self.grads[name]
+        for name, child in self.children():
+            yield from child.parameters(prefix + name + ".")
+
+    def named_buffers(self, prefix=""):
+        """Yield ``(qualified_name, buffer)`` over this module and all sub-modules."""
+        for name, b in self.buffers.items():
+            yield prefix + name, b
+        for name, child in self.children():
+            yield from child.named_buffers(prefix + name + ".")
+
+    def zero_grad(self):
+        for _, _, g in self.parameters():
+            g.fill(0)
+
+    def num_params(self):
+        return sum(p.size for _, p, _ in self.parameters())
+
+    def state_dict(self):
+        """Copies of every parameter and buffer, by qualified name."""
+        state = {name: p.copy() for name, p, _ in self.parameters()}
+        state.update({name: b.copy() for name, b in self.named_buffers()})
+        return state
+
+    def load_state_dict(self, state):
+        """Copy arrays from ``state`` into the parameters and buffers, in place."""
+        own = {name: p for name, p, _ in self.parameters()}
+        own.update(dict(self.named_buffers()))
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: missing {missing}, "
+                             f"unexpected {unexpected}")
+        for name, target in own.items():
+            value = np.asarray(state[name])
+            if value.shape != target.shape:
+                raise ValueError(f"{type(self).__name__}.load_state_dict: {name} has shape "
+                                 f"{value.shape}, expected {target.shape}")
+            target[...] = value
+
+
+class Bijector(Module):
+    r"""An invertible map with a tractable log-determinant.
+
+    Subclasses set ``self.dim`` (the number of features) and implement the four methods below.
+    """
+
+    def forward(self, x):
+        """x (N, D) -> (z (N, D), logdet (N,), cache)."""
+        raise NotImplementedError
+
+    def inverse(self, z):
+        """z (N, D) -> (x (N, D), logdet (N,), cache)."""
+        raise NotImplementedError
+
+    def backward(self, dz, dlogdet, cache):
+        """VJP of ``forward``: (dz (N, D), dlogdet (N,)) -> dx (N, D); adds into ``grads``."""
+        raise NotImplementedError
+
+    def inverse_backward(self, dx, dlogdet, cache):
+        """VJP of ``inverse``: (dx (N, D), dlogdet (N,)) -> dz (N, D); adds into ``grads``."""
+        raise NotImplementedError
+
+    def _check(self, x):
+        return check_array(x, type(self).__name__, getattr(self, "dim", None))
+
+    def __repr__(self):
+        return f"{type(self).__name__}(dim={getattr(self, 'dim', '?')})"
+
+
+class Chain(Bijector):
+    r"""Composition ``f = f_K o ... o f_1`` of bijectors.
+
+    Forward:  x_0 = x;  x_k = f_k(x_{k-1});  z = x_K;  logdet = sum_k logdet_k
+    Inverse:  apply the inverses from the last layer to the first.
+    Backward: every layer gets the same ``dlogdet`` (logdet is a plain sum), and ``dz`` flows
+              back through the layers in reverse order of application.
+    """
+
+    def __init__(self, layers):
+        super().__init__()
+        self.layers = list(layers)
+        if not self.layers:
+            raise ValueError("Chain: expected at least one layer")
+        self.dim = self.layers[0].dim
+
+    def forward(self, x):
+        logdet = 0.0
+        caches = []
+        for layer in self.layers:
+            x, ld, cache = layer.forward(x)
+            logdet = logdet + ld
+            caches.append(cache)
+        return x, logdet, caches
+
+    def inverse(self, z):
+        logdet = 0.0
+        caches = []
+        for layer in reversed(self.layers):
+            z, ld, cache = layer.inverse(z)
+            logdet = logdet + ld
+            caches.append(cache)
+        return z, logdet, caches
+
+    def backward(self, dz, dlogdet, caches):
+        for layer, cache in zip(reversed(self.layers), reversed(caches)):
+            dz = layer.backward(dz, dlogdet, cache)
+        return dz
+
+    def inverse_backward(self, dx, dlogdet, caches):
+        # caches[0] belongs to the last layer (applied first by ``inverse``).
+        for layer, cache in zip(self.layers, reversed(caches)):
+            dx = layer.inverse_backward(dx, dlogdet, cache)
+        return dx
+
+    def __repr__(self):
+        inner = ",\n  ".join(repr(layer) for layer in self.layers)
+        return f"Chain([\n  {inner}\n])"
+
+
+class Inverse(Bijector):
+    r"""Swap the two directions of a bijector (and the two VJPs).
+
+    ``Inverse(b).forward == b.inverse``; the parameters are ``b``'s own.
+    """
+
+    def __init__(self, bijector):
+        super().__init__()
+        self.bijector = bijector
+        self.dim = bijector.dim
+
+    def forward(self, x):
+        return self.bijector.inverse(x)
+
+    def inverse(self, z):
+        return self.bijector.forward(z)
+
+    def backward(self, dz, dlogdet, cache):
+        return self.bijector.inverse_backward(dz, dlogdet, cache)
+
+    def inverse_backward(self, dx, dlogdet, cache):
+        return self.bijector.backward(dx, dlogdet, cache)
+
+    def __repr__(self):
+        return f"Inverse({self.bijector!r})"
+
+
+class Flow(Module):
+    r"""A normalizing flow: a bijector ``f`` (data to noise) plus a base distribution ``p_Z``.
+
+    Density:  log p(x) = log p_Z(f(x)) + log|det df/dx|
+    Sampling: x = f^{-1}(z),  z ~ p_Z
+    Loss:     L = -mean_n log p(x_n)  (negative log-likelihood, nats per example)
+
+    Parameters
+    ----------
+    bijector : Bijector
+        Usually a ``Chain``.
+    base : distribution with ``log_prob``, ``sample`` and ``backward``
+    config : dict, optional
+        How ``nflows_edu.models`` built this flow; ``nflows_edu.io.save`` stores it so the
+        flow can be rebuilt by ``load``.
+    """
+
+    def __init__(self, bijector, base, config=None):
+        super().__init__()
+        if bijector.dim != base.dim:
+            raise ValueError(f"Flow: bijector has dim {bijector.dim} but base has dim {base.dim}")
+        self.bijector = bijector
+        self.base = base
+        self.dim = bijector.dim
+        self.config = config
+        self.dtype = next((p.dtype for _, p, _ in self.parameters()), np.dtype(np.float64))
+
+    def _input(self, x, where):
+        return check_array(x, f"Flow.{where}", self.dim).astype(self.dtype, copy=False)
+
+    def log_prob(self, x):
+        """log p(x) for x (N, D) -> (N,)."""
+        x = self._input(x, "log_prob")
+        z, logdet, _ = self.bijector.forward(x)
+        return self.base.log_prob(z) + logdet
+
+    def sample(self, n, rng=None):
+        """n samples x = f^{-1}(z) with z ~ p_Z -> (n, D)."""
+        if int(n) != n or n < 1:
+            raise ValueError(f"Flow.sample: expected a positive number of samples, got {n!r}")
+        rng = np.random.default_rng() if rng is None else rng
+        z = self.base.sample(int(n), rng).astype(self.dtype, copy=False)
+        x, _, _ = self.bijector.inverse(z)
+        return x
+
+    def loss_and_grad(self, x):
+        r"""Zero the gradients, then compute the mean NLL of ``x`` and its gradients.
+
+        dL/dz = -grad log p_Z(z) / N,  dL/dlogdet = -1/N for every example;
+        the base distribution's own parameters (if any) get their gradients on the way.
+        Returns the loss as a Python float; gradients are in ``grads`` of every module.
+        """
+        x = self._input(x, "loss_and_grad")
+        self.zero_grad()
+        n = x.shape[0]
+        z, logdet, cache = self.bijector.forward(x)
+        loss = -(self.base.log_prob(z) + logdet).mean()
+        dlogp = np.full(n, -1.0 / n, dtype=z.dtype)
+        dz = self.base.backward(dlogp, z)
+        self.bijector.backward(dz, dlogp, cache)
+        return float(loss)
+
+    def __repr__(self):
+        return f"Flow({self.bijector!r},\n  base={self.base!r})"
