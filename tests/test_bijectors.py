@@ -1,0 +1,147 @@
+"""Every registered bijector through the shared checks, over 20 random draws of shape, seed and
+parameter scale each: round trip, log-det against slogdet of the numerical Jacobian, and both
+VJPs against central differences for the input and every parameter."""
+import numpy as np
+import pytest
+
+from nflows_edu import gradcheck
+from nflows_edu.bijectors import AffineCoupling, Permutation, Reverse, alternating_mask
+from nflows_edu.core import Chain, Inverse
+
+DRAWS = range(20)
+
+
+@pytest.mark.parametrize("draw", DRAWS)
+@pytest.mark.parametrize("name", gradcheck.LAYER_NAMES)
+def test_registered_layer_passes_shared_checks(name, draw):
+    rng = np.random.default_rng(1000 * draw + gradcheck.LAYER_NAMES.index(name))
+    layer, x = gradcheck.make_layer(name, rng)
+    report = gradcheck.check_bijector(layer, x, rng, name=name)
+    assert report.roundtrip <= 1e-10, report
+    assert report.logdet <= 1e-7, report
+    assert report.logdet_cancel <= 1e-7, report
+    for direction in ("forward", "inverse"):
+        errs = report.grad_errors[direction]
+        params = {n for n, _, _ in layer.parameters()}
+        assert set(errs) == {"x"} | params, f"{direction} VJP not checked for every array"
+        assert max(errs.values()) <= 1e-6, report
+
+
+@pytest.mark.parametrize("name", gradcheck.LAYER_NAMES)
+def test_layers_are_checked_away_from_identity(name, rng):
+    """The checks would hide sign errors at an identity initialisation; make sure they don't
+    run there: a layer with parameters must give a non-zero logdet or move its input."""
+    layer, x = gradcheck.make_layer(name, rng)
+    z, logdet, _ = layer.forward(x)
+    if any(True for _ in layer.parameters()):
+        assert np.abs(logdet).max() > 1e-3 or np.abs(z - x).max() > 1e-3
+
+
+def test_checker_flags_a_broken_backward(rng):
+    class BrokenAffine(AffineCoupling):
+        def backward(self, dz, dlogdet, cache):
+            return super().backward(dz, -dlogdet, cache)  # sign error in the log-det term
+
+    layer = gradcheck.randomize_parameters(
+        BrokenAffine(alternating_mask(3), (8,), "tanh", rng=rng), rng, 0.5)
+    report = gradcheck.check_bijector(layer, rng.standard_normal((4, 3)), rng)
+    assert report.roundtrip <= 1e-10 and report.logdet <= 1e-7
+    assert report.grad_errors["forward"]["x"] > 1e-3
+    assert report.grad_errors["inverse"]["x"] <= 1e-6
+    assert not report.passed()
+
+
+def test_checker_flags_a_wrong_logdet(rng):
+    class WrongLogdet(AffineCoupling):
+        def forward(self, x):
+            z, logdet, cache = super().forward(x)
+            return z, 2 * logdet, cache
+
+    layer = gradcheck.randomize_parameters(
+        WrongLogdet(alternating_mask(2), (8,), "tanh", rng=rng), rng, 0.5)
+    report = gradcheck.check_bijector(layer, rng.standard_normal((3, 2)), rng)
+    assert report.logdet > 1e-3 and not report.passed()
+
+
+@pytest.mark.parametrize("mask", [[1, 0], [0, 1], [1, 1, 0], [0, 1, 0, 1, 1]])
+def test_coupling_jacobian_is_block_triangular(mask, rng):
+    """z_a = x_a exactly, and z_b depends on x_a and on x_b only elementwise."""
+    mask = np.array(mask)
+    layer = gradcheck.randomize_parameters(AffineCoupling(mask, (8,), "tanh", rng=rng), rng)
+    x = rng.standard_normal((3, mask.size))
+    J = gradcheck.numerical_jacobian(lambda v: layer.forward(v)[0], x)
+    a, b = np.flatnonzero(mask), np.flatnonzero(mask == 0)
+    np.testing.assert_allclose(J[:, a][:, :, a], np.broadcast_to(np.eye(a.size), (3, a.size, a.size)),
+                               atol=1e-9)
+    assert np.abs(J[:, a][:, :, b]).max() < 1e-9
+    Jbb = J[:, b][:, :, b]
+    off_diagonal = Jbb * (1 - np.eye(b.size))
+    assert np.abs(off_diagonal).max() < 1e-9
+
+
+def test_inverse_swaps_directions(rng):
+    layer = gradcheck.randomize_parameters(AffineCoupling([1, 0, 1], (8,), rng=rng), rng)
+    x = rng.standard_normal((5, 3))
+    z, ld, _ = layer.forward(x)
+    z2, ld2, _ = Inverse(layer).inverse(x)
+    np.testing.assert_array_equal(z, z2)
+    np.testing.assert_array_equal(ld, ld2)
+    assert [n for n, _, _ in Inverse(layer).parameters()] == \
+        ["bijector." + n for n, _, _ in layer.parameters()]
+
+
+def test_chain_sums_logdets_and_orders_layers(rng):
+    layers = [gradcheck.randomize_parameters(AffineCoupling(alternating_mask(4, k % 2), (8,), rng=rng), rng)
+              for k in range(3)]
+    chain = Chain(layers)
+    x = rng.standard_normal((6, 4))
+    h, total = x, 0
+    for layer in layers:
+        h, ld, _ = layer.forward(h)
+        total = total + ld
+    z, logdet, caches = chain.forward(x)
+    np.testing.assert_array_equal(z, h)
+    np.testing.assert_allclose(logdet, total, rtol=1e-14)
+    assert len(caches) == 3
+    x_back, ld_inv, _ = chain.inverse(z)
+    np.testing.assert_allclose(x_back, x, atol=1e-12)
+    np.testing.assert_allclose(ld_inv, -logdet, atol=1e-12)
+
+
+def test_reverse_and_permutation(rng):
+    x = rng.standard_normal((2, 5))
+    np.testing.assert_array_equal(Reverse(5).forward(x)[0], x[:, ::-1])
+    p = Permutation(5, perm=[2, 0, 1, 4, 3])
+    np.testing.assert_array_equal(p.forward(x)[0], x[:, [2, 0, 1, 4, 3]])
+    with pytest.raises(ValueError, match="Permutation"):
+        Permutation(3, perm=[0, 0, 1])
+
+
+@pytest.mark.parametrize("name", gradcheck.LAYER_NAMES)
+@pytest.mark.parametrize("bad, words", [
+    (np.zeros(3), "shape"),
+    (np.zeros((4, 7)), "shape"),
+    (np.zeros((0, 0)), "shape"),
+    (np.full((2, 0), 1.0), "shape"),
+    ("nan", "finite"),
+])
+def test_bad_input_raises_value_error_naming_the_layer(name, bad, words, rng):
+    layer, x = gradcheck.make_layer(name, rng, dim=3)
+    if isinstance(bad, str):
+        bad = x.copy()
+        bad[0, 0] = np.nan
+    for method in (layer.forward, layer.inverse):
+        with pytest.raises(ValueError, match=words):
+            method(bad)
+
+
+def test_empty_batch_is_rejected(rng):
+    layer, _ = gradcheck.make_layer("AffineCoupling", rng, dim=3)
+    with pytest.raises(ValueError, match="non-empty"):
+        layer.forward(np.zeros((0, 3)))
+
+
+@pytest.mark.parametrize("mask", [[1, 1], [0, 0], [1, 2], [[1, 0]]])
+def test_bad_mask_is_rejected(mask):
+    with pytest.raises(ValueError, match="AffineCoupling"):
+        AffineCoupling(mask)
