@@ -5,7 +5,8 @@ import pytest
 from scipy import stats
 
 from nflows_edu import gradcheck
-from nflows_edu.distributions import DiagonalGaussian, StandardLogistic, StandardNormal
+from nflows_edu.distributions import (DiagonalGaussian, Distribution, StandardLogistic,
+                                      StandardNormal)
 
 
 def test_log_prob_matches_scipy(rng):
@@ -66,3 +67,9 @@ def test_bad_input():
         StandardLogistic(1).log_prob(np.array([[np.nan]]))
     with pytest.raises(ValueError, match="positive dim"):
         StandardNormal(0)
+
+
+def test_every_distribution_shares_the_base_class():
+    for cls in (StandardNormal, StandardLogistic, DiagonalGaussian):
+        assert issubclass(cls, Distribution)
+        assert cls(2).backward(np.ones(3), np.zeros((3, 2))).shape == (3, 2)
