@@ -1,0 +1,281 @@
+r"""``nflows-edu``: train, sample and check flows from the command line.
+
+::
+
+    nflows-edu demo  [--data checkerboard] [--steps 5000] [--out demo_out] [--seed 0]
+    nflows-edu train --model realnvp --data moons --steps 3000 --out runs/moons
+    nflows-edu sample --model runs/moons/model.npz -n 1000 --out samples.csv
+    nflows-edu check
+
+``main(argv)`` returns the exit code: 0 on success, 1 if ``check`` finds a failing layer, 2 for
+a mistake the user can fix (bad arguments, a missing or corrupt model file, a training run
+whose loss became NaN). Those are reported as one line ``nflows-edu: error: ...`` on stderr,
+without a traceback; anything else is a bug and keeps its traceback.
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import matplotlib
+
+matplotlib.use("Agg")  # the CLI only writes files; never try to open a window
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from . import datasets, gradcheck, io, models, train, viz  # noqa: E402
+
+PROG = "nflows-edu"
+N_TRAIN = 100_000
+N_TEST = 50_000
+
+
+class UsageError(Exception):
+    """A mistake in the command line or its inputs: reported in one line, exit code 2."""
+
+
+# Errors a user can cause (bad arguments and model files become UsageError on the way).
+# Anything else is a bug in the library and should keep its traceback.
+USER_ERRORS = (UsageError, OSError, train.NonFiniteLossError)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument raises ``UsageError`` instead of exiting, so ``main`` can
+    report it in the same one-line format as every other error."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+# ------------------------------------------------------------------ argument types
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
+    return value
+
+
+def seed_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer seed, got {text!r}")
+    return value
+
+
+def hidden_sizes(text):
+    """'64,64' -> (64, 64)."""
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated positive layer widths such as 64,64, got {text!r}")
+    return sizes
+
+
+def build_parser():
+    parser = _Parser(prog=PROG, description="Normalizing flows in NumPy, for teaching.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    fast = os.environ.get("NFLOWS_EDU_FAST") == "1"
+    names = ", ".join(datasets.TOY_NAMES)
+    demo = sub.add_parser("demo", help="train RealNVP on a 2-D toy density and draw pictures",
+                          description="Train models.realnvp(2) (Adam, batch 512, lr 1e-3, "
+                          "cosine schedule) on 100,000 points of a toy density, report the "
+                          "test NLL (and KL where the true density is known), and write "
+                          "pictures and the model into --out (overwriting).")
+    demo.add_argument("--data", default="checkerboard", choices=datasets.TOY_NAMES,
+                      metavar="NAME", help=f"toy density (default checkerboard): {names}")
+    demo.add_argument("--steps", type=positive_int, default=200 if fast else 5000,
+                      help="training steps (default 5000; 200 if NFLOWS_EDU_FAST=1)")
+    demo.add_argument("--out", default="demo_out", help="output directory (default demo_out)")
+    demo.add_argument("--seed", type=seed_int, default=0)
+    demo.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    tr = sub.add_parser("train", help="train a flow on a 2-D toy density and save it",
+                        description="Train a flow by maximum likelihood on 100,000 points of "
+                        "a toy density; write DIR/model.npz, DIR/metrics.json and pictures.")
+    tr.add_argument("--model", required=True, choices=sorted(models.MODELS))
+    tr.add_argument("--data", required=True, choices=datasets.TOY_NAMES, metavar="NAME",
+                    help=f"toy density: {names}")
+    tr.add_argument("--steps", type=positive_int, required=True)
+    tr.add_argument("--batch-size", type=positive_int, required=True)
+    tr.add_argument("--lr", type=positive_float, required=True)
+    tr.add_argument("--out", required=True, metavar="DIR")
+    tr.add_argument("--seed", type=seed_int, default=0)
+    tr.add_argument("--n-layers", type=positive_int, default=None,
+                    help="coupling layers (default: the model's own, 4 for nice, 8 for realnvp)")
+    tr.add_argument("--hidden", type=hidden_sizes, default=(64, 64),
+                    help="hidden layer widths of each coupling net (default 64,64)")
+    tr.add_argument("--dtype", choices=("float64", "float32"), default="float64")
+    tr.add_argument("--overwrite", action="store_true", help="replace an existing DIR/model.npz")
+    tr.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    sa = sub.add_parser("sample", help="draw samples from a saved flow",
+                        description="Load a model saved by 'train' or 'demo' and draw samples; "
+                        "write them to FILE (.npy or .csv) or print CSV to stdout.")
+    sa.add_argument("--model", required=True, metavar="PATH")
+    sa.add_argument("-n", type=positive_int, required=True, help="number of samples")
+    sa.add_argument("--seed", type=seed_int, default=None)
+    sa.add_argument("--out", default=None, metavar="FILE")
+
+    ch = sub.add_parser("check", help="finite-difference checks of every registered layer",
+                        description="Round trip, log-determinant and both VJPs of every layer "
+                        "in the gradcheck registry, against central differences.")
+    ch.add_argument("--seed", type=seed_int, default=0)
+    ch.add_argument("--draws", type=positive_int, default=1,
+                    help="random layers (sizes, parameters) per registered name")
+    return parser
+
+
+# ------------------------------------------------------------------ commands
+def run_training(model, data, steps, batch_size, lr, out, seed=0, n_layers=None,
+                 hidden=(64, 64), dtype="float64", overwrite=False, progress=True):
+    r"""Train ``model`` on ``data``, save it and its pictures into ``out``; returns metrics.
+
+    The existing-model check comes first, so a refused run wastes no training time.
+    """
+    start = time.perf_counter()
+    model_path = os.path.join(out, "model.npz")
+    if os.path.exists(model_path) and not overwrite:
+        raise UsageError(f"{model_path} exists; pass --overwrite to replace it")
+    rng = np.random.default_rng(seed)
+    x = datasets.toy(data, N_TRAIN, rng)
+    kwargs = dict(hidden=hidden, rng=rng, dtype=np.dtype(dtype))
+    if n_layers is not None:
+        kwargs["n_layers"] = n_layers
+    flow = models.MODELS[model](2, **kwargs)
+
+    print(f"training {model} ({flow.num_params()} parameters) on {data} for {steps} steps, "
+          f"batch {batch_size}, lr {lr}")
+    history = train.fit(flow, x, steps=steps, batch_size=batch_size, lr=lr, rng=rng,
+                        schedule="cosine", progress=progress)
+    test_nll = train.nll(flow, datasets.toy(data, N_TEST, rng))
+    try:
+        entropy = datasets.toy_entropy(data)
+    except ValueError:  # no closed-form density for this data set
+        entropy = None
+    kl = None if entropy is None else test_nll - entropy
+    print(f"test NLL: {test_nll:.4f} nats per point ({N_TEST} fresh samples)")
+    if kl is not None:
+        print(f"KL(p || q) = NLL - H(p) = {test_nll:.4f} - {entropy:.4f} = {kl:.4f} nats")
+
+    written = [io.save(flow, model_path, overwrite=overwrite)]
+    written += viz.save_pictures(flow, x, out, rng=rng).values()
+    ax = viz.plot_loss(history)
+    if entropy is not None:
+        ax.axhline(entropy, color="k", ls=":", lw=1.2, label="entropy $H(p)$ (best possible)")
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(min(lo, entropy - 0.05 * (hi - lo)), hi)
+        ax.legend(fontsize="small")
+    written.append(os.path.join(out, "loss.png"))
+    ax.figure.savefig(written[-1], dpi=120, bbox_inches="tight")
+    plt.close(ax.figure)
+
+    seconds = time.perf_counter() - start
+    metrics = dict(model=model, data=data, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                   test_nll=test_nll, kl=kl, seconds=round(seconds, 3))
+    written.append(os.path.join(out, "metrics.json"))
+    with open(written[-1], "w") as f:
+        json.dump(metrics, f, indent=2)
+        f.write("\n")
+    print("wrote:")
+    for path in written:
+        print(f"  {path}")
+    print(f"wall time: {seconds:.1f} s")
+    return metrics
+
+
+def cmd_demo(args):
+    run_training("realnvp", args.data, args.steps, 512, 1e-3, args.out, seed=args.seed,
+                 overwrite=True, progress=not args.no_progress)
+    return 0
+
+
+def cmd_train(args):
+    run_training(args.model, args.data, args.steps, args.batch_size, args.lr, args.out,
+                 seed=args.seed, n_layers=args.n_layers, hidden=args.hidden, dtype=args.dtype,
+                 overwrite=args.overwrite, progress=not args.no_progress)
+    return 0
+
+
+def load_model(path):
+    """``io.load``, with every way a file can fail to be a model reported as naming the file."""
+    try:
+        return io.load(path)
+    except FileNotFoundError:
+        raise
+    except (ValueError, TypeError, KeyError) as err:
+        message = str(err)
+        if os.fspath(path) not in message:
+            message = f"{path} is not a valid nflows_edu model file ({message})"
+        raise UsageError(message) from None
+
+
+def cmd_sample(args):
+    if args.out is not None and not args.out.endswith((".npy", ".csv")):
+        raise UsageError(f"--out {args.out}: expected a file name ending in .npy or .csv")
+    flow = load_model(args.model)
+    x = flow.sample(args.n, np.random.default_rng(args.seed))
+    if args.out is None:
+        np.savetxt(sys.stdout, x, delimiter=",", fmt="%.17g")
+        return 0
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    if args.out.endswith(".npy"):
+        np.save(args.out, x)
+    else:
+        np.savetxt(args.out, x, delimiter=",", fmt="%.17g")
+    print(f"wrote {args.n} samples to {args.out}")
+    return 0
+
+
+def cmd_check(args):
+    reports = gradcheck.check_all(args.seed, args.draws)
+    print(gradcheck.CheckReport.HEADER)
+    for report in reports:
+        print(report.row())
+    failed = [r.name for r in reports if not r.passed()]
+    if failed:
+        print(f"FAILED: {len(failed)} of {len(reports)} checks ({', '.join(failed)})")
+        return 1
+    print(f"all {len(reports)} checks passed")
+    return 0
+
+
+COMMANDS = {"demo": cmd_demo, "train": cmd_train, "sample": cmd_sample, "check": cmd_check}
+
+
+def main(argv=None):
+    r"""Run ``nflows-edu`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help(sys.stderr)
+            return 2
+        return COMMANDS[args.command](args)
+    except SystemExit as exit_:  # --help ends here, not the whole process
+        return int(exit_.code or 0)
+    except USER_ERRORS as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2

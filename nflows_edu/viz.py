@@ -1,0 +1,269 @@
+r"""Pictures of 2-D flows: the density on a grid, samples against data, how each layer warps
+the plane, and the training curve.
+
+Every ``plot_*`` function draws into an ``ax`` you pass (or a new figure if you do not) and
+returns it, so a notebook can arrange panels as it likes. This module never chooses a
+matplotlib backend: notebooks show figures inline, and ``nflows-edu`` (``cli.py``) selects
+the non-interactive ``Agg`` backend itself before importing this module.
+
+>>> import numpy as np
+>>> from nflows_edu import models
+>>> flow = models.realnvp(2, n_layers=2, hidden=(8,), rng=np.random.default_rng(0))
+>>> X, Y, P = density_grid(flow, lim=3.0, n=50)
+>>> X.shape, P.shape
+((50, 50), (50, 50))
+"""
+import os
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+DENSITY_CMAP = "viridis"  # perceptually uniform, readable on a projector
+WARP_CMAP = "hsv"         # cyclic, so the colour of a point follows its angle all the way round
+DATA_COLOR = "0.55"       # light grey: the data sits behind, the model's samples on top
+SAMPLE_COLOR = "tab:red"
+
+
+def _clean(ax, lim, title):
+    """Square panel over [-lim, lim]^2 with no tick labels (the axes carry no information)."""
+    if lim is not None:
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title is not None:
+        ax.set_title(title)
+    return ax
+
+
+def _new_ax(ax, size=4.0):
+    if ax is None:
+        _, ax = plt.subplots(figsize=(size, size))
+    return ax
+
+
+def density_grid(flow, lim=4.0, n=200):
+    r"""Evaluate the flow's density on a regular ``n x n`` grid over ``[-lim, lim]^2``.
+
+    Parameters
+    ----------
+    flow : Flow with ``dim == 2``
+    lim : float
+        Half-width of the square.
+    n : int
+        Points per axis (the end points ``-lim`` and ``lim`` are included).
+
+    Returns
+    -------
+    X, Y : ndarray (n, n)
+        ``np.meshgrid`` of the axis points: ``X[i, j]`` is the j-th x value, ``Y[i, j]`` the
+        i-th y value (so ``P`` can be drawn with ``imshow(P, origin="lower")``).
+    P : ndarray (n, n)
+        ``P[i, j] = exp(flow.log_prob([X[i, j], Y[i, j]]))``.
+    """
+    if flow.dim != 2:
+        raise ValueError(f"density_grid: expected a 2-D flow, got dim {flow.dim}")
+    axis = np.linspace(-lim, lim, int(n))
+    X, Y = np.meshgrid(axis, axis)
+    points = np.column_stack([X.ravel(), Y.ravel()])
+    # In chunks, so a fine grid does not need one huge hidden-layer activation array.
+    chunk = 16384
+    log_p = np.concatenate([flow.log_prob(points[i:i + chunk])
+                            for i in range(0, len(points), chunk)])
+    return X, Y, np.exp(log_p).reshape(X.shape)
+
+
+def grid_integral(flow, lim=4.0, n=200):
+    r"""Riemann sum of the density over ``[-lim, lim]^2``: ``sum_ij P_ij * h^2``.
+
+    ``h = 2 lim / (n - 1)`` is the grid spacing of ``density_grid``. For a correct flow the
+    result approaches 1 as ``lim`` and ``n`` grow (the mass outside the square is lost).
+
+    >>> import numpy as np
+    >>> from nflows_edu import models
+    >>> flow = models.realnvp(2, rng=np.random.default_rng(0))  # untrained: N(0, I)
+    >>> round(grid_integral(flow, lim=6.0, n=121), 4)
+    1.0
+    """
+    _, _, P = density_grid(flow, lim, n)
+    h = 2 * lim / (int(n) - 1)
+    return float(P.sum() * h * h)
+
+
+def plot_density(flow, ax=None, lim=4.0, n=200, title=None):
+    r"""Heat map of ``p(x) = exp(flow.log_prob(x))`` over ``[-lim, lim]^2``; returns ``ax``."""
+    ax = _new_ax(ax)
+    _, _, P = density_grid(flow, lim, n)
+    ax.imshow(P, origin="lower", extent=(-lim, lim, -lim, lim), cmap=DENSITY_CMAP,
+              interpolation="bilinear")
+    return _clean(ax, lim, "model density $p(x)$" if title is None else title)
+
+
+def plot_samples(samples, data=None, ax=None, lim=4.0, title=None):
+    r"""Scatter ``samples`` (N, 2), with ``data`` (M, 2) in grey behind them if given.
+
+    ``lim=None`` lets matplotlib choose the limits. Returns ``ax``.
+    """
+    ax = _new_ax(ax)
+    samples = np.asarray(samples)
+    kw = dict(s=3, alpha=0.35, linewidths=0, rasterized=True)
+    if data is not None:
+        data = np.asarray(data)
+        ax.scatter(data[:, 0], data[:, 1], color=DATA_COLOR, label="data", **kw)
+    ax.scatter(samples[:, 0], samples[:, 1], color=SAMPLE_COLOR, label="flow samples", **kw)
+    if data is not None:
+        # Below the panel, so it hides no points.
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, markerscale=4,
+                  fontsize="small", frameon=False)
+    return _clean(ax, lim, "samples $x = f^{-1}(z)$" if title is None else title)
+
+
+def _forward_finite(layer, points):
+    """``layer.forward`` on the finite rows of ``points`` (N, 2); other rows stay NaN.
+
+    Far-out grid lines can overflow after a few layers; a NaN just leaves a gap in the line.
+    """
+    out = np.full(points.shape, np.nan)
+    ok = np.isfinite(points).all(axis=1)
+    if ok.any():
+        out[ok] = layer.forward(points[ok])[0]
+    return out
+
+
+def _panel_lim(points):
+    """Half-width of a square panel that holds nearly all of ``points`` (robust to outliers)."""
+    finite = points[np.isfinite(points).all(axis=1)]
+    if len(finite) == 0:
+        return 4.0
+    return max(1.0, 1.1 * float(np.percentile(np.abs(finite), 99.5)))
+
+
+def plot_warp(flow, x, lim=None, n_lines=9):
+    r"""Follow points and grid lines through the flow, one layer at a time (data to noise).
+
+    Panel 0 shows the points ``x`` (N, 2) over a grid of ``n_lines`` horizontal and
+    ``n_lines`` vertical lines spanning ``[-lim, lim]^2`` in data space. Panel k shows their
+    images after ``flow.bijector.layers[k-1].forward``; the last panel is ``z = f(x)``, which
+    should look like a sample of the base distribution. Points keep the colour of their
+    starting angle ``atan2(x_1, x_0)``, so one can see where each part of the data goes.
+
+    Parameters
+    ----------
+    flow : Flow with ``dim == 2`` (its bijector a ``Chain``, or a single layer)
+    x : ndarray (N, 2)
+    lim : float, optional
+        Extent of the grid (and of the first panel); by default it covers ``x``.
+    n_lines : int
+        Grid lines per direction.
+
+    Returns
+    -------
+    fig : matplotlib Figure with ``len(layers) + 1`` panels in one row
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] != 2:
+        raise ValueError(f"plot_warp: expected points of shape (N, 2), got {x.shape}")
+    layers = getattr(flow.bijector, "layers", [flow.bijector])
+    if lim is None:
+        lim = _panel_lim(x)
+
+    # Grid lines, densely sampled so they bend smoothly; NaN rows separate the lines.
+    m = 200
+    t = np.linspace(-lim, lim, m)
+    levels = np.linspace(-lim, lim, int(n_lines))
+    lines = []
+    for c in levels:
+        lines += [np.column_stack([t, np.full(m, c)]), np.full((1, 2), np.nan),
+                  np.column_stack([np.full(m, c), t]), np.full((1, 2), np.nan)]
+    grid = np.vstack(lines)
+
+    colour = np.arctan2(x[:, 1], x[:, 0])
+    n_panels = len(layers) + 1
+    fig, axes = plt.subplots(1, n_panels, figsize=(2.3 * n_panels, 2.7), squeeze=False)
+    points = x
+    for k, ax in enumerate(axes[0]):
+        if k > 0:
+            layer = layers[k - 1]
+            points = _forward_finite(layer, points)
+            grid = _forward_finite(layer, grid)
+        ax.plot(grid[:, 0], grid[:, 1], color="0.7", lw=0.6, zorder=1)
+        ax.scatter(points[:, 0], points[:, 1], c=colour, cmap=WARP_CMAP, vmin=-np.pi,
+                   vmax=np.pi, s=3, alpha=0.7, linewidths=0, zorder=2, rasterized=True)
+        if k == 0:
+            title, panel_lim = "data $x$", lim
+        else:
+            title = f"layer {k}: {type(layers[k - 1]).__name__}"
+            panel_lim = _panel_lim(points)
+        if k == n_panels - 1:
+            title = f"layer {k}: $z = f(x)$"
+        _clean(ax, panel_lim, None)
+        ax.set_title(title, fontsize="small")
+    fig.suptitle("forward pass $x \\to z$, layer by layer", y=0.98)
+    fig.tight_layout()
+    return fig
+
+
+def plot_loss(history, ax=None):
+    r"""Training curve from the ``history`` dict of ``nflows_edu.train.fit``; returns ``ax``.
+
+    Thin line: the minibatch loss at every step. Thick line: ``train_nll`` (its mean over each
+    reporting interval). Dashed: ``val_nll`` when it was recorded.
+    """
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 3.5))
+    loss = np.asarray(history["loss"], dtype=np.float64)
+    steps = np.arange(1, len(loss) + 1)
+    ax.plot(steps, loss, color="tab:blue", alpha=0.3, lw=0.7, label="minibatch NLL")
+    if len(history.get("step", [])):
+        ax.plot(history["step"], history["train_nll"], color="tab:blue", lw=2, marker="o",
+                ms=3, label="train NLL (interval mean)")
+    if len(history.get("val_nll", [])):
+        ax.plot(history["step"], history["val_nll"], color="tab:orange", lw=2, ls="--",
+                marker="s", ms=3, label="validation NLL")
+    if len(loss) > 20:
+        # The first few steps can be far above the rest; do not let them flatten the curve.
+        finite = loss[np.isfinite(loss)]
+        lo, hi = finite.min(), np.percentile(finite, 99)
+        pad = 0.05 * (hi - lo if hi > lo else 1.0)
+        ax.set_ylim(lo - pad, hi + pad)
+    ax.set_xlabel("step")
+    ax.set_ylabel("NLL (nats per point)")
+    ax.set_title("training loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return ax
+
+
+def save_pictures(flow, data, out_dir, rng=None, lim=4.0):
+    r"""Write ``density.png``, ``samples.png`` and ``warp.png`` for a 2-D flow into ``out_dir``.
+
+    ``samples.png`` shows 2000 flow samples over (up to) 2000 rows of ``data`` (N, 2);
+    ``warp.png`` follows (up to) 1000 rows of ``data`` through the layers. ``out_dir`` is
+    created if needed; every figure is closed after saving.
+
+    Returns
+    -------
+    paths : dict
+        ``{"density": path, "samples": path, "warp": path}``.
+    """
+    rng = np.random.default_rng() if rng is None else rng
+    data = np.asarray(data)
+    os.makedirs(out_dir, exist_ok=True)
+
+    def subset(k):
+        return data if len(data) <= k else data[rng.choice(len(data), size=k, replace=False)]
+
+    paths = {}
+
+    def save(name, fig):
+        paths[name] = os.path.join(out_dir, f"{name}.png")
+        fig.savefig(paths[name], dpi=120, bbox_inches="tight")
+        plt.close(fig)
+
+    ax = plot_density(flow, lim=lim)
+    save("density", ax.figure)
+    ax = plot_samples(flow.sample(2000, rng), data=subset(2000), lim=lim)
+    save("samples", ax.figure)
+    save("warp", plot_warp(flow, subset(1000), lim=lim))
+    return paths

@@ -1,0 +1,203 @@
+"""Tests for the ``nflows-edu`` command line, run in-process through ``cli.main``."""
+import json
+import os
+import subprocess
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from nflows_edu import cli, gradcheck, train  # noqa: E402
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def train_args(out, *extra):
+    return ["train", "--model", "realnvp", "--data", "checkerboard", "--steps", "50",
+            "--batch-size", "128", "--lr", "1e-3", "--out", str(out), "--n-layers", "2",
+            "--hidden", "16", "--no-progress", *extra]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One small training run shared by the tests that need a saved model."""
+    out = tmp_path_factory.mktemp("run")
+    assert cli.main(train_args(out)) == 0
+    return out
+
+
+def assert_png(path):
+    with open(path, "rb") as f:
+        assert f.read(8) == PNG_MAGIC, path
+
+
+def assert_one_line_error(err, *words):
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("nflows-edu: error: "), err
+    assert "Traceback" not in err
+    for word in words:
+        assert word in lines[0]
+
+
+def test_train_writes_model_metrics_and_pictures(trained):
+    for name in ("density", "samples", "warp", "loss"):
+        assert_png(trained / f"{name}.png")
+    with open(trained / "metrics.json") as f:
+        metrics = json.load(f)
+    assert metrics["model"] == "realnvp" and metrics["data"] == "checkerboard"
+    assert (metrics["steps"], metrics["batch_size"], metrics["lr"], metrics["seed"]) == (
+        50, 128, 1e-3, 0)
+    assert np.isfinite(metrics["test_nll"]) and metrics["seconds"] > 0
+    # checkerboard has a closed-form density, so KL = NLL - log 32 is reported.
+    assert metrics["kl"] == pytest.approx(metrics["test_nll"] - np.log(32))
+    assert (trained / "model.npz").stat().st_size > 0
+
+
+def test_train_refuses_to_overwrite(trained, capsys, monkeypatch):
+    model = trained / "model.npz"
+    before = (model.read_bytes(), model.stat().st_mtime_ns)
+    # It must refuse before training: a call to fit would be a wasted run.
+    monkeypatch.setattr(train, "fit", lambda *a, **k: pytest.fail("trained before refusing"))
+    capsys.readouterr()
+    assert cli.main(train_args(trained)) == 2
+    assert_one_line_error(capsys.readouterr().err, str(model), "--overwrite")
+    assert (model.read_bytes(), model.stat().st_mtime_ns) == before
+
+
+def test_train_overwrite_replaces_the_model(tmp_path, capsys):
+    assert cli.main(train_args(tmp_path, "--steps", "5")) == 0
+    first = (tmp_path / "model.npz").read_bytes()
+    assert cli.main(train_args(tmp_path, "--steps", "5", "--seed", "1", "--overwrite")) == 0
+    assert (tmp_path / "model.npz").read_bytes() != first
+    out = capsys.readouterr().out
+    assert "test NLL" in out and "KL" in out and "wall time" in out
+
+
+def test_train_on_data_without_closed_form_has_no_kl(tmp_path, capsys):
+    args = train_args(tmp_path, "--steps", "5", "--data", "moons", "--model", "nice",
+                      "--dtype", "float32")
+    assert cli.main(args) == 0
+    with open(tmp_path / "metrics.json") as f:
+        metrics = json.load(f)
+    assert metrics["kl"] is None and metrics["model"] == "nice"
+    assert "KL" not in capsys.readouterr().out
+
+
+def test_sample_to_stdout_is_reproducible(trained, capsys):
+    args = ["sample", "--model", str(trained / "model.npz"), "-n", "7", "--seed", "3"]
+    capsys.readouterr()
+    assert cli.main(args) == 0
+    first = capsys.readouterr().out
+    rows = np.loadtxt(first.splitlines(), delimiter=",")
+    assert rows.shape == (7, 2) and np.all(np.isfinite(rows))
+    assert cli.main(args) == 0
+    assert capsys.readouterr().out == first
+    assert cli.main(args[:-1] + ["4"]) == 0
+    assert capsys.readouterr().out != first
+
+
+@pytest.mark.parametrize("ext", [".npy", ".csv"])
+def test_sample_to_file(trained, tmp_path, ext):
+    path = tmp_path / f"x{ext}"
+    args = ["sample", "--model", str(trained / "model.npz"), "-n", "11", "--seed", "0",
+            "--out", str(path)]
+    assert cli.main(args) == 0
+    x = np.load(path) if ext == ".npy" else np.loadtxt(path, delimiter=",")
+    assert x.shape == (11, 2)
+    assert cli.main(args) == 0
+    again = np.load(path) if ext == ".npy" else np.loadtxt(path, delimiter=",")
+    np.testing.assert_array_equal(x, again)
+
+
+def test_sample_missing_model(tmp_path, capsys):
+    missing = tmp_path / "nope.npz"
+    assert cli.main(["sample", "--model", str(missing), "-n", "3"]) == 2
+    assert_one_line_error(capsys.readouterr().err, str(missing))
+
+
+@pytest.mark.parametrize("content", [b"this is not a model \x00\xff" * 10, b""])
+def test_sample_corrupt_model(tmp_path, capsys, content):
+    bad = tmp_path / "corrupt.npz"
+    bad.write_bytes(content)
+    assert cli.main(["sample", "--model", str(bad), "-n", "3"]) == 2
+    assert_one_line_error(capsys.readouterr().err, str(bad))
+
+
+def test_sample_npz_with_a_broken_config(tmp_path, capsys):
+    bad = tmp_path / "config.npz"
+    np.savez(bad, __config__=np.array(json.dumps({"model": "realnvp", "depth": 3})))
+    assert cli.main(["sample", "--model", str(bad), "-n", "3"]) == 2
+    assert_one_line_error(capsys.readouterr().err, str(bad))
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["train", "--model", "realnvp", "--data", "nosuchdata", "--steps", "5",
+      "--batch-size", "8", "--lr", "1e-3", "--out", "x"], ["nosuchdata"]),
+    (["train", "--model", "realnvp", "--data", "moons", "--steps", "-5",
+      "--batch-size", "8", "--lr", "1e-3", "--out", "x"], ["--steps", "-5"]),
+    (["train", "--model", "realnvp", "--data", "moons", "--steps", "5",
+      "--batch-size", "8", "--lr", "nan", "--out", "x"], ["--lr", "nan"]),
+    (["train", "--model", "realnvp", "--data", "moons", "--steps", "5",
+      "--batch-size", "8", "--lr", "1e-3", "--out", "x", "--hidden", "64,,"], ["--hidden"]),
+    (["sample", "--model", "m.npz", "-n", "zero"], ["-n", "zero"]),
+    (["sample", "--model", "m.npz", "-n", "3", "--out", "x.txt"], ["x.txt"]),
+    (["nosuchcommand"], ["nosuchcommand"]),
+])
+def test_user_errors_are_one_line(argv, words, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(argv) == 2
+    assert_one_line_error(capsys.readouterr().err, *words)
+    assert not (tmp_path / "x").exists()
+
+
+def test_non_finite_loss_is_a_user_error(tmp_path, capsys, monkeypatch):
+    def diverge(*args, **kwargs):
+        raise train.NonFiniteLossError("fit: the loss became nan at step 3")
+
+    monkeypatch.setattr(train, "fit", diverge)
+    assert cli.main(train_args(tmp_path)) == 2
+    assert_one_line_error(capsys.readouterr().err, "loss became nan")
+    assert not (tmp_path / "model.npz").exists()
+
+
+def test_check_prints_a_row_per_layer(capsys):
+    assert cli.main(["check", "--seed", "0", "--draws", "1"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == gradcheck.CheckReport.HEADER
+    rows = lines[1:-1]
+    assert [row.split()[0] for row in rows] == list(gradcheck.LAYER_NAMES)
+    assert "passed" in lines[-1]
+
+
+def test_check_fails_when_a_layer_fails(capsys, monkeypatch):
+    reports = gradcheck.check_all(0, 1)
+    reports[2].grad_errors["forward"]["x"] = 0.5  # as if one backward were wrong
+    monkeypatch.setattr(gradcheck, "check_all", lambda seed, draws: reports)
+    assert cli.main(["check"]) == 1
+    assert reports[2].name in capsys.readouterr().out.strip().splitlines()[-1]
+
+
+def test_demo_fast(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("NFLOWS_EDU_FAST", "1")
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--out", str(out), "--no-progress"]) == 0
+    for name in ("density", "samples", "warp", "loss"):
+        assert_png(out / f"{name}.png")
+    assert (out / "model.npz").exists()
+    with open(out / "metrics.json") as f:
+        assert json.load(f)["steps"] == 200
+    printed = capsys.readouterr().out
+    assert "test NLL" in printed and "KL" in printed and str(out / "warp.png") in printed
+
+
+def test_python_dash_m_help():
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    result = subprocess.run([sys.executable, "-m", "nflows_edu", "--help"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "demo" in result.stdout and "sample" in result.stdout
