@@ -92,7 +92,8 @@ class CheckReport:
     HEADER = f"{'layer':28s} {'round trip':>11s} {'logdet err':>11s} {'grad err':>10s}  VJPs"
 
     def row(self):
-        vjps = ", ".join(f"{d}: {len(e)} arrays" if d not in self.notes else f"{d}: n/a"
+        vjps = ", ".join(f"{d}: {len(e)} array{'s' * (len(e) > 1)}" if d not in self.notes
+                         else f"{d}: n/a"
                          for d, e in self.grad_errors.items())
         return (f"{self.name:28s} {self.roundtrip:11.1e} {max(self.logdet, self.logdet_cancel):11.1e}"
                 f" {self.max_grad_error:10.1e}  {vjps}")

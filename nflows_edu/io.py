@@ -58,6 +58,10 @@ def load(path):
         config = json.loads(str(arrays.pop(CONFIG_KEY)))
     except json.JSONDecodeError as err:
         raise ValueError(f"load: the config in {path} is not valid JSON ({err})") from None
-    flow = models.build(config)
-    flow.load_state_dict(arrays)
+    try:
+        flow = models.build(config)
+        flow.load_state_dict(arrays)
+    except (TypeError, ValueError, AttributeError) as err:
+        raise ValueError(f"load: {path} does not describe a model this version can rebuild "
+                         f"({err})") from None
     return flow

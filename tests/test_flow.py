@@ -218,3 +218,12 @@ def test_learning_rate_schedule():
     assert abs(train.learning_rate(50, 100, 1.0) - 0.5) < 1e-12
     assert train.learning_rate(99, 100, 1.0, "constant") == 1.0
     assert train.learning_rate(0, 100, 1.0, warmup=10) == 0.1
+
+
+@pytest.mark.parametrize("config", ['{"model": "realnvp", "dim": 2, "colour": 3}', '[1, 2]',
+                                    '{"model": "glow"}'])
+def test_load_names_the_file_for_a_bad_config(config, tmp_path):
+    path = tmp_path / "bad_config.npz"
+    np.savez(path, __config__=np.array(config))
+    with pytest.raises(ValueError, match="bad_config.npz"):
+        nf.load(path)
