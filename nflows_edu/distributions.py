@@ -4,11 +4,15 @@ Each has ``log_prob(z) -> (N,)``, ``sample(n, rng) -> (n, D)``, ``grad_log_prob(
 and ``backward(dlogp, z) -> dz``: the vector-Jacobian product of ``log_prob`` (it also adds the
 gradients of any learnable parameters into ``grads``).
 """
+import math
+
 import numpy as np
 
 from .core import Module, check_array
 
-LOG_2PI = np.log(2 * np.pi)
+# A Python float, not np.float64: under NumPy 2 a NumPy float64 scalar would turn a float32
+# log-density into float64, a Python float takes the array's dtype.
+LOG_2PI = math.log(2 * math.pi)
 
 
 class Distribution(Module):

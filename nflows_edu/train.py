@@ -4,7 +4,7 @@ learning-rate schedule, and a guard against non-finite losses.
 import math
 
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .core import check_array
 from .optim import SGD, Adam, clip_grad_norm
@@ -41,9 +41,11 @@ def fit(flow, data, steps=1000, batch_size=256, lr=1e-3, rng=None, val_data=None
         progress=True):
     r"""Train ``flow`` by maximum likelihood on ``data`` (N, D).
 
-    Each step: draw ``batch_size`` rows of ``data`` without replacement, compute the mean NLL and
-    its gradients (``flow.loss_and_grad``), clip their global norm to ``clip``, take one
-    optimizer step at the scheduled learning rate.
+    Each step: take the next ``batch_size`` rows of ``data`` in a shuffled order (shuffled
+    epochs: one random permutation of the rows per pass over ``data``, so every row is used
+    once per pass; the last ``len(data) % batch_size`` rows of a pass are skipped), compute
+    the mean NLL and its gradients (``flow.loss_and_grad``), clip their global norm to
+    ``clip``, take one optimizer step at the scheduled learning rate.
 
     If the loss or the gradient norm is NaN or infinite, the parameters from before the last
     step (the last ones with a finite loss) are put back and ``NonFiniteLossError`` is raised.
@@ -71,9 +73,13 @@ def fit(flow, data, steps=1000, batch_size=256, lr=1e-3, rng=None, val_data=None
     last_good = [p.copy() for _, p, _ in params]
     history = {"loss": [], "step": [], "train_nll": [], "val_nll": []}
     batch_size = min(int(batch_size), len(data))
+    order, start = rng.permutation(len(data)), 0
     bar = tqdm(range(int(steps)), disable=not progress, desc="NLL", leave=False)
     for step in bar:
-        batch = data[rng.choice(len(data), size=batch_size, replace=False)]
+        if start + batch_size > len(data):  # a pass is over: reshuffle
+            order, start = rng.permutation(len(data)), 0
+        batch = data[order[start:start + batch_size]]
+        start += batch_size
         loss = flow.loss_and_grad(batch)
         grad_norm = clip_grad_norm(params, clip)
         if not (np.isfinite(loss) and np.isfinite(grad_norm)):
