@@ -51,34 +51,28 @@ class _Parser(argparse.ArgumentParser):
 
 
 # ------------------------------------------------------------------ argument types
-def positive_int(text):
+def _number(text, cast, ok, expected):
+    """``cast(text)`` if it parses and ``ok`` holds for it, else an argparse error."""
     try:
-        value = int(text)
+        value = cast(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+        value = None
+    if value is None or not ok(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
+
+
+def positive_int(text):
+    return _number(text, int, lambda v: v >= 1, "a positive integer")
 
 
 def positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
-    return value
+    return _number(text, float, lambda v: math.isfinite(v) and v > 0,
+                   "a positive finite number")
 
 
 def seed_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer seed, got {text!r}")
-    return value
+    return _number(text, int, lambda v: v >= 0, "a non-negative integer seed")
 
 
 def hidden_sizes(text):

@@ -201,3 +201,10 @@ def test_python_dash_m_help():
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "demo" in result.stdout and "sample" in result.stdout
+
+
+def test_bad_arguments_raise_usage_error_inside_the_parser():
+    from nflows_edu.cli import UsageError, build_parser
+    with pytest.raises(UsageError, match="positive integer"):
+        build_parser().parse_args(["train", "--model", "nice", "--data", "moons", "--steps", "0",
+                                   "--out", "x"])

@@ -4,14 +4,12 @@ Each notebook reads ``NFLOWS_EDU_FAST`` and trains for a few steps only when it 
 whole run takes seconds rather than minutes. The executed copy is thrown away: the committed
 notebook (saved with its full-mode outputs) is never overwritten by a test.
 """
-import os
 from pathlib import Path
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
 
-ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted(Path(__file__).parent.parent.glob("notebooks/*.ipynb"))
 
 
@@ -21,11 +19,8 @@ def _code_cells(nb):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_runs(path, monkeypatch):
-    # The kernel is a child process and inherits os.environ: fast mode, and this checkout's
-    # package ahead of any installed copy.
+    # The kernel is a child process and inherits os.environ: fast mode.
     monkeypatch.setenv("NFLOWS_EDU_FAST", "1")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
-        p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
     # One BLAS thread: the matrices are small, and a multi-threaded OpenBLAS that has to share
     # the cores with other processes (a parallel test run, a busy CI box) spins and runs
     # 5-20x slower.
