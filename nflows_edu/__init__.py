@@ -25,10 +25,11 @@ def _keep_freed_memory(nbytes=16 << 20):
 
 _keep_freed_memory()
 
-from . import bijectors, distributions, gradcheck, models, nn, optim, train  # noqa: E402
+from . import (bijectors, datasets, distributions, gradcheck, models, nn,  # noqa: E402
+               optim, train)
 from .core import Bijector, Chain, Flow, Inverse, Module  # noqa: E402
 from .io import load, save  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["Bijector", "Chain", "Flow", "Inverse", "Module", "bijectors", "distributions",
-           "gradcheck", "models", "nn", "optim", "train", "save", "load"]
+__all__ = ["Bijector", "Chain", "Flow", "Inverse", "Module", "bijectors", "datasets",
+           "distributions", "gradcheck", "models", "nn", "optim", "train", "save", "load"]

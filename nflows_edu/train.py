@@ -95,12 +95,16 @@ def fit(flow, data, steps=1000, batch_size=256, lr=1e-3, rng=None, val_data=None
         opt.lr = learning_rate(step, steps, lr, schedule, warmup)
         opt.step()
         history["loss"].append(loss)
+        if progress and (step + 1) % 25 == 0:  # the running NLL: mean of the last 25 batches
+            bar.set_postfix(nll=f"{np.mean(history['loss'][-25:]):.3f}", refresh=False)
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             recent = history["loss"][-eval_every:]
             history["step"].append(step + 1)
             history["train_nll"].append(float(np.mean(recent)))
             if val_data is not None:
                 history["val_nll"].append(nll(flow, val_data))
-            bar.set_postfix(nll=f"{history['train_nll'][-1]:.3f}")
+                if progress:
+                    bar.write(f"step {step + 1}: train NLL {history['train_nll'][-1]:.4f}, "
+                              f"validation NLL {history['val_nll'][-1]:.4f}")
     bar.close()
     return history
