@@ -119,12 +119,18 @@ def _vjp_errors(apply, vjp, b, x, rng, eps):
 
     b.zero_grad()
     dx = vjp(dout, dlogdet, cache)
-    analytic = {name: g.copy() for name, _, g in b.parameters()}
     x_work = x.copy()
-    errors = {"x": rel_error(dx, numerical_gradient(lambda: loss(x_work), x_work, eps))}
-    for name, p, _ in b.parameters():
-        errors[name] = rel_error(analytic[name], numerical_gradient(lambda: loss(x), p, eps))
-    b.zero_grad()
+    return _gradient_errors(b, lambda: loss(x_work), x_work, dx, eps)
+
+
+def _gradient_errors(module, loss, x, dx, eps):
+    """rel_error of ``dx`` and of ``module.grads`` (just filled by a backward pass) against
+    central differences of ``loss()``, which reads ``x`` and the parameters in place."""
+    analytic = {name: g.copy() for name, _, g in module.parameters()}
+    errors = {"x": rel_error(dx, numerical_gradient(loss, x, eps))}
+    for name, p, _ in module.parameters():
+        errors[name] = rel_error(analytic[name], numerical_gradient(loss, p, eps))
+    module.zero_grad()
     return errors
 
 
@@ -185,13 +191,7 @@ def check_module(m, x, rng=None, eps=1e-6):
     dy = rng.standard_normal(y.shape)
     m.zero_grad()
     dx = m.backward(dy, cache)
-    analytic = {name: g.copy() for name, _, g in m.parameters()}
-    loss = lambda: np.sum(m.forward(x)[0] * dy)  # noqa: E731
-    errors = {"x": rel_error(dx, numerical_gradient(loss, x, eps))}
-    for name, p, _ in m.parameters():
-        errors[name] = rel_error(analytic[name], numerical_gradient(loss, p, eps))
-    m.zero_grad()
-    return errors
+    return _gradient_errors(m, lambda: np.sum(m.forward(x)[0] * dy), x, dx, eps)
 
 
 def randomize_parameters(module, rng, scale=0.5):

@@ -6,21 +6,14 @@ import numpy as np
 import pytest
 
 import nflows_edu as nf
-from nflows_edu import datasets, gradcheck, models, train
-
-
-def grid_integral(flow, lim=6.0, n=301):
-    xs = np.linspace(-lim, lim, n)
-    X, Y = np.meshgrid(xs, xs)
-    p = np.exp(flow.log_prob(np.column_stack([X.ravel(), Y.ravel()])))
-    return p.sum() * (xs[1] - xs[0]) ** 2
+from nflows_edu import datasets, gradcheck, models, train, viz
 
 
 @pytest.mark.parametrize("build", [models.nice, models.realnvp])
 def test_untrained_density_integrates_to_one(build, rng):
     flow = gradcheck.randomize_parameters(build(2, rng=rng), rng, 0.05)
     # NICE's logistic prior has heavy tails: integrate further out
-    assert abs(grid_integral(flow, lim=20.0, n=801) - 1) < 1e-2
+    assert abs(viz.grid_integral(flow, lim=20.0, n=801) - 1) < 1e-2
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +29,7 @@ def trained():
 def test_training_lowers_the_nll_and_density_integrates_to_one(trained):
     flow, history = trained
     assert history["train_nll"][-1] < history["train_nll"][0] - 0.5
-    assert abs(grid_integral(flow) - 1) < 1e-2
+    assert abs(viz.grid_integral(flow, lim=6.0, n=301) - 1) < 1e-2
 
 
 def test_loss_and_grad_matches_central_differences(rng):
