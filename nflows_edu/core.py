@@ -119,7 +119,18 @@ class Bijector(Module):
     r"""An invertible map with a tractable log-determinant.
 
     Subclasses set ``self.dim`` (the number of features) and implement the four methods below.
+
+    ``vjps`` declares the directions whose vector-Jacobian product the layer provides:
+    ``"forward"`` for ``backward``, ``"inverse"`` for ``inverse_backward``. A layer whose
+    inverse is sequential (MAF) may leave ``"inverse"`` out; its ``inverse_backward`` then
+    raises ``NotImplementedError`` saying which direction trains instead. The checker
+    (``gradcheck.check_bijector``) checks every declared direction and fails one that raises.
+
+    Caches hold references, not copies (as in cs231n): an array passed to ``forward`` may be
+    part of the cache, so do not modify it in place before the matching ``backward``.
     """
+
+    vjps = ("forward", "inverse")
 
     def forward(self, x):
         """x (N, D) -> (z (N, D), logdet (N,), cache)."""
@@ -159,6 +170,12 @@ class Chain(Bijector):
         if not self.layers:
             raise ValueError("Chain: expected at least one layer")
         self.dim = self.layers[0].dim
+
+    @property
+    def vjps(self):
+        """A direction is differentiable through the chain only if it is for every layer."""
+        return tuple(d for d in ("forward", "inverse")
+                     if all(d in layer.vjps for layer in self.layers))
 
     def forward(self, x):
         logdet = 0.0
@@ -204,6 +221,11 @@ class Inverse(Bijector):
         super().__init__()
         self.bijector = bijector
         self.dim = bijector.dim
+
+    @property
+    def vjps(self):
+        swap = {"forward": "inverse", "inverse": "forward"}
+        return tuple(sorted((swap[d] for d in self.bijector.vjps), key=("forward", "inverse").index))
 
     def forward(self, x):
         return self.bijector.inverse(x)

@@ -7,14 +7,26 @@ For a bijector ``b`` and a batch ``x`` (float64), ``check_bijector`` measures
 * log-det:     max_n |logdet_n - log|det J_n||, with ``J_n`` the central-difference Jacobian
   of example ``n`` and ``log|det|`` from ``numpy.linalg.slogdet`` (both directions), and
   max_n |logdet_f(x)_n + logdet_g(z)_n| (the two directions must cancel);
-* gradients:   for random upstream ``dz`` (N, D) and ``dlogdet`` (N,), the scalar
+* gradients:   for random upstream ``dz`` and ``dlogdet`` (N,), the scalar
   L = sum(dz * f(x)) + sum(dlogdet * logdet_f(x)) has gradient ``backward(dz, dlogdet)`` with
   respect to ``x``, and ``grads`` with respect to each parameter; both are compared with
-  central differences of L. The same for ``inverse`` / ``inverse_backward``.
+  central differences of L. The same for ``inverse`` / ``inverse_backward``, in every
+  direction the layer declares in ``b.vjps``;
+* bookkeeping: ``backward`` called twice on the same cache must double every gradient (it
+  *adds* into ``grads``), keep the same ``grads`` arrays (an optimizer holds them), and return
+  the same ``dx`` (it must not modify the cache).
+
+The registry at the end of this file is how a layer gets all of that: ``register`` it (see
+``register``'s docstring) and the tests and ``nflows-edu check`` loop over it.
 """
 from dataclasses import dataclass, field
 
 import numpy as np
+
+DIRECTIONS = ("forward", "inverse")
+# The bars a layer must pass in float64 (central differences with eps = 1e-6 are accurate
+# to about eps^2 = 1e-12 in truncation and 1e-16 / eps = 1e-10 in round-off).
+THRESHOLDS = dict(roundtrip=1e-10, logdet=1e-7, grad=1e-6)
 
 
 def rel_error(a, b):
@@ -29,23 +41,29 @@ def rel_error(a, b):
 
 
 def numerical_jacobian(f, x, eps=1e-6):
-    r"""Central-difference Jacobian of a row-wise map.
+    r"""Central-difference Jacobian of an example-wise map.
 
     Parameters
     ----------
-    f : callable, (N, D) -> (N, M), each output row depending only on the same input row
-    x : ndarray (N, D)
+    f : callable, (N, ...) -> (N, ...), each output example depending only on the same input
+        example (vectors (N, D) or images (N, C, H, W))
+    x : ndarray (N, ...)
 
     Returns
     -------
-    J : ndarray (N, M, D),   J[n, i, j] = (f(x + eps e_j) - f(x - eps e_j))[n, i] / (2 eps)
+    J : ndarray (N, M, D),  M and D the sizes of one output and one input example (flattened):
+        J[n, i, j] = (f(x + eps e_j) - f(x - eps e_j))[n, i] / (2 eps)
     """
     x = np.array(x, dtype=np.float64)
+    n = x.shape[0]
+    flat = x.reshape(n, -1)
     columns = []
-    for j in range(x.shape[1]):
-        step = np.zeros_like(x)
+    for j in range(flat.shape[1]):
+        step = np.zeros_like(flat)
         step[:, j] = eps
-        columns.append((f(x + step) - f(x - step)) / (2 * eps))
+        plus = f((flat + step).reshape(x.shape))
+        minus = f((flat - step).reshape(x.shape))
+        columns.append((plus - minus).reshape(n, -1) / (2 * eps))
     return np.stack(columns, axis=2)
 
 
@@ -71,35 +89,49 @@ def numerical_gradient(f, x, eps=1e-6):
 
 @dataclass
 class CheckReport:
-    """What ``check_bijector`` measured. ``grad_errors[direction][name]`` is a rel_error."""
+    r"""What ``check_bijector`` measured.
+
+    ``grad_errors[direction][name]`` is a rel_error; ``status[direction]`` is ``"checked"``,
+    ``"not implemented"`` (declared in ``vjps`` but raised ``NotImplementedError``: fails) or
+    ``"not provided"`` (not declared: a sequential direction, skipped); ``problems`` lists
+    bookkeeping faults (a rebound or overwritten gradient, a modified cache): each one fails.
+    """
 
     name: str
     roundtrip: float
     logdet: float
     logdet_cancel: float
     grad_errors: dict = field(default_factory=dict)
+    status: dict = field(default_factory=dict)
     notes: dict = field(default_factory=dict)
+    problems: list = field(default_factory=list)
 
     @property
     def max_grad_error(self):
         errs = [e for d in self.grad_errors.values() for e in d.values()]
         return max(errs) if errs else 0.0
 
-    def passed(self, roundtrip=1e-10, logdet=1e-7, grad=1e-6):
+    def passed(self, roundtrip=THRESHOLDS["roundtrip"], logdet=THRESHOLDS["logdet"],
+               grad=THRESHOLDS["grad"]):
         return (self.roundtrip <= roundtrip and self.logdet <= logdet
-                and self.logdet_cancel <= logdet and self.max_grad_error <= grad)
+                and self.logdet_cancel <= logdet and self.max_grad_error <= grad
+                and "not implemented" not in self.status.values() and not self.problems)
 
-    HEADER = f"{'layer':28s} {'round trip':>11s} {'logdet err':>11s} {'grad err':>10s}  VJPs"
+    HEADER = (f"{'layer':28s} {'round trip':>11s} {'logdet err':>11s} {'grad err':>10s}  "
+              f"{'result':6s}  VJPs")
+    THRESHOLD_LINE = (f"{'(pass if at most)':28s} {THRESHOLDS['roundtrip']:11.0e} "
+                      f"{THRESHOLDS['logdet']:11.0e} {THRESHOLDS['grad']:10.0e}")
 
     def row(self):
-        vjps = ", ".join(f"{d}: {len(e)} array{'s' * (len(e) > 1)}" if d not in self.notes
-                         else f"{d}: n/a"
-                         for d, e in self.grad_errors.items())
-        return (f"{self.name:28s} {self.roundtrip:11.1e} {max(self.logdet, self.logdet_cancel):11.1e}"
-                f" {self.max_grad_error:10.1e}  {vjps}")
+        vjps = ", ".join(f"{d}: {self.status[d]}" for d in DIRECTIONS if d in self.status)
+        result = "pass" if self.passed() else "FAIL"
+        line = (f"{self.name:28s} {self.roundtrip:11.1e} "
+                f"{max(self.logdet, self.logdet_cancel):11.1e} {self.max_grad_error:10.1e}  "
+                f"{result:6s}  {vjps}")
+        return line + "".join(f"\n    problem: {p}" for p in self.problems)
 
     def __str__(self):
-        lines = [self.HEADER, self.row()]
+        lines = [self.HEADER, self.THRESHOLD_LINE, self.row()]
         for direction, errs in self.grad_errors.items():
             for name, err in errs.items():
                 lines.append(f"    {direction:8s} d{name:30s} {err:.2e}")
@@ -107,20 +139,29 @@ class CheckReport:
         return "\n".join(lines)
 
 
-def _vjp_errors(apply, vjp, b, x, rng, eps):
-    """rel_error of ``vjp`` against central differences, for the input and every parameter."""
-    out, logdet, cache = apply(x)
-    dout = rng.standard_normal(out.shape)
-    dlogdet = rng.standard_normal(logdet.shape)
+def _bookkeeping(module, call, result, where):
+    r"""Call a backward pass a second time on the same cache and list what it did wrong.
 
-    def loss(v):
-        o, ld, _ = apply(v)
-        return np.sum(o * dout) + np.sum(ld * dlogdet)
-
-    b.zero_grad()
-    dx = vjp(dout, dlogdet, cache)
-    x_work = x.copy()
-    return _gradient_errors(b, lambda: loss(x_work), x_work, dx, eps)
+    ``call()`` runs the backward pass; ``result`` is what its first run returned, right after
+    ``zero_grad``. A correct pass *adds* into the very arrays in ``grads`` (an optimizer holds
+    them), so a second run doubles every gradient, and it leaves the cache as it found it,
+    so it returns the same ``dx``.
+    """
+    once = {name: g.copy() for name, _, g in module.parameters()}
+    arrays = {name: g for name, _, g in module.parameters()}
+    again = call()
+    problems = []
+    for name, _, g in module.parameters():
+        if g is not arrays[name]:
+            problems.append(f"{where} rebinds grads[{name!r}] (use += on the array: an "
+                            "optimizer holds the old one and never sees the gradient)")
+        elif rel_error(g, 2 * once[name]) > 1e-12:
+            problems.append(f"{where} overwrites grads[{name!r}] instead of adding into it "
+                            "(two calls should double it)")
+    if rel_error(again, result) > 1e-12:
+        problems.append(f"{where} returns a different result when called again on the same "
+                        "cache (does it modify the cache?)")
+    return problems
 
 
 def _gradient_errors(module, loss, x, dx, eps):
@@ -134,18 +175,43 @@ def _gradient_errors(module, loss, x, dx, eps):
     return errors
 
 
+def _check_vjp(b, direction, x, rng, eps):
+    """(errors, problems) of ``backward`` (direction "forward") or ``inverse_backward``."""
+    apply = b.forward if direction == "forward" else b.inverse
+    vjp = b.backward if direction == "forward" else b.inverse_backward
+    out, logdet, cache = apply(x)
+    dout = rng.standard_normal(out.shape)
+    dlogdet = rng.standard_normal(logdet.shape)
+
+    def loss(v):
+        o, ld, _ = apply(v)
+        return np.sum(o * dout) + np.sum(ld * dlogdet)
+
+    b.zero_grad()
+    dx = vjp(dout, dlogdet, cache)
+    name = "backward" if direction == "forward" else "inverse_backward"
+    problems = _bookkeeping(b, lambda: vjp(dout, dlogdet, cache), dx, name)
+    b.zero_grad()
+    dx = vjp(dout, dlogdet, cache)
+    x_work = x.copy()
+    return _gradient_errors(b, lambda: loss(x_work), x_work, dx, eps), problems
+
+
 def check_bijector(b, x, rng=None, eps=1e-6, name=None):
     r"""Round trip, log-det against ``slogdet`` of the numerical Jacobian, and both VJPs.
 
     Parameters
     ----------
     b : Bijector (float64 parameters)
-    x : ndarray (N, D), float64, a point in the domain of ``b.forward``
+    x : ndarray (N, ...), float64, a point in the domain of ``b.forward``
     rng : numpy.random.Generator for the random upstream gradients
 
     Returns
     -------
     CheckReport
+
+    The VJPs checked are those ``b.vjps`` declares. A declared one that raises
+    ``NotImplementedError`` (an unfinished TODO) fails the check.
 
     Examples
     --------
@@ -154,8 +220,8 @@ def check_bijector(b, x, rng=None, eps=1e-6, name=None):
     >>> rng = np.random.default_rng(0)
     >>> layer = Scaling(3); layer.params["s"][:] = [0.5, -1.0, 2.0]
     >>> report = check_bijector(layer, rng.standard_normal((4, 3)), rng)
-    >>> report.passed()
-    True
+    >>> report.passed(), report.status
+    (True, {'forward': 'checked', 'inverse': 'checked'})
     """
     rng = np.random.default_rng() if rng is None else rng
     x = np.asarray(x, dtype=np.float64)
@@ -170,25 +236,37 @@ def check_bijector(b, x, rng=None, eps=1e-6, name=None):
 
     report = CheckReport(name or type(b).__name__, float(roundtrip), float(logdet),
                          float(np.abs(ld_f + ld_g).max()))
-    for direction, apply, vjp, point in (("forward", b.forward, b.backward, x),
-                                         ("inverse", b.inverse, b.inverse_backward, z)):
+    for direction, point in zip(DIRECTIONS, (x, z)):
+        if direction not in b.vjps:
+            report.status[direction] = "not provided"
+            continue
         try:
-            report.grad_errors[direction] = _vjp_errors(apply, vjp, b, point, rng, eps)
+            errors, problems = _check_vjp(b, direction, point, rng, eps)
         except NotImplementedError as err:
-            report.grad_errors[direction] = {}
-            report.notes[direction] = str(err)
+            report.status[direction] = "not implemented"
+            report.notes[direction] = f"declared in vjps but raised NotImplementedError: {err}"
+            continue
+        report.status[direction] = "checked"
+        report.grad_errors[direction] = errors
+        report.problems += problems
     return report
 
 
 def check_module(m, x, rng=None, eps=1e-6):
     r"""rel_error of an ``nn`` module's backward for the input and every parameter.
 
-    Loss L = sum(dy * m.forward(x)) with random ``dy``. Returns ``{name: rel_error}``.
+    Loss L = sum(dy * m.forward(x)) with random ``dy``. Returns ``{name: rel_error}``; a
+    bookkeeping fault (see ``_bookkeeping``) raises ``AssertionError`` naming it.
     """
     rng = np.random.default_rng() if rng is None else rng
     x = np.array(x, dtype=np.float64)
     y, cache = m.forward(x)
     dy = rng.standard_normal(y.shape)
+    m.zero_grad()
+    dx = m.backward(dy, cache)
+    problems = _bookkeeping(m, lambda: m.backward(dy, cache), dx, f"{type(m).__name__}.backward")
+    if problems:
+        raise AssertionError("; ".join(problems))
     m.zero_grad()
     dx = m.backward(dy, cache)
     return _gradient_errors(m, lambda: np.sum(m.forward(x)[0] * dy), x, dx, eps)
@@ -204,65 +282,97 @@ def randomize_parameters(module, rng, scale=0.5):
 # ---------------------------------------------------------------------------------------------
 # The registry: every bijector the library has, built at a random size with parameters moved
 # away from their (often identity) initialisation. Tests and `nflows-edu check` loop over it,
-# so a new layer gets every check by being added here.
+# so a new layer gets every check by being registered, next to its class.
 # ---------------------------------------------------------------------------------------------
 
-def _random_mask(dim, rng):
-    mask = np.zeros(dim, dtype=np.int64)
-    mask[rng.choice(dim, size=int(rng.integers(1, dim)), replace=False)] = 1
-    return mask
+@dataclass
+class Registration:
+    """How to build one registered layer for the checks (see ``register``)."""
+
+    name: str
+    build: object
+    inputs: object = None
+    randomize: object = None
 
 
-def _registry():
-    from .bijectors import (AdditiveCoupling, AffineCoupling, Permutation, Reverse, Scaling,
-                            alternating_mask)
-    from .core import Chain, Inverse
-
-    def nice_chain(dim, rng):
-        layers = [AdditiveCoupling(alternating_mask(dim, k % 2), (8,), "tanh", rng)
-                  for k in range(3)]
-        return Chain(layers + [Scaling(dim)])
-
-    def realnvp_chain(dim, rng):
-        return Chain([AffineCoupling(alternating_mask(dim, 0), (8,), "tanh", rng=rng),
-                      Permutation(dim, rng=rng),
-                      AffineCoupling(alternating_mask(dim, 1), (8,), "tanh", rng=rng)])
-
-    return {
-        "AdditiveCoupling": lambda d, r: AdditiveCoupling(_random_mask(d, r), (8, 8), "tanh", r),
-        "AffineCoupling": lambda d, r: AffineCoupling(_random_mask(d, r), (8, 8), "tanh",
-                                                      s_max=2.0, rng=r),
-        "Scaling": lambda d, r: Scaling(d),
-        "Permutation": lambda d, r: Permutation(d, rng=r),
-        "Reverse": lambda d, r: Reverse(d),
-        "Inverse(AffineCoupling)": lambda d, r: Inverse(AffineCoupling(_random_mask(d, r), (8,),
-                                                                       "tanh", rng=r)),
-        "Chain(NICE)": nice_chain,
-        "Chain(RealNVP)": realnvp_chain,
-    }
+_REGISTRY = {}
 
 
-LAYER_NAMES = tuple(_registry())
+def register(name, build, inputs=None, randomize=None):
+    r"""Put a layer through every generic check: the tests and ``nflows-edu check`` loop over
+    the registry.
+
+    Parameters
+    ----------
+    name : str
+        Shown in reports and test ids; usually the class name.
+    build : callable ``(dim, rng) -> Bijector``
+        A float64 layer for inputs of ``dim`` features (2 <= dim <= 5), built from ``rng``.
+    inputs : callable ``(layer, n, rng) -> x``, optional
+        ``n`` points in the domain of ``layer.forward``; default ``rng.standard_normal((n,
+        layer.dim))``. Give it for layers with a restricted domain (a logit wants (0, 1)) or
+        other shapes (images).
+    randomize : callable ``(layer, rng, scale) -> layer``, optional
+        Moves the parameters off their initial values; default ``randomize_parameters``
+        (adds ``scale * N(0, 1)``). Give it for parameters with constraints.
+
+    Examples
+    --------
+    A student's layer goes through the same loop as the library's:
+
+    >>> from nflows_edu.bijectors import Scaling
+    >>> class MyScaling(Scaling):
+    ...     pass
+    >>> register("MyScaling", lambda dim, rng: MyScaling(dim))
+    >>> [r.passed() for r in check_all(layers=["MyScaling"])]
+    [True]
+    >>> unregister("MyScaling")
+    """
+    if name in _REGISTRY:
+        raise ValueError(f"register: a layer called {name!r} is registered already")
+    _REGISTRY[name] = Registration(name, build, inputs, randomize)
 
 
-def make_layer(name, rng, dim=None, scale=None):
+def unregister(name):
+    """Remove ``name`` from the registry (a student's layer after its checks ran)."""
+    _REGISTRY.pop(name)
+
+
+def layer_names():
+    """The names of every registered layer, in registration order."""
+    from . import bijectors  # noqa: F401  (registers the library's own layers)
+    return tuple(_REGISTRY)
+
+
+def make_layer(name, rng, dim=None, scale=None, n=None):
     r"""Build registered layer ``name`` at a random size, with parameters moved off their
     initial values by ``scale * N(0, 1)``, and a batch ``x`` in its domain.
 
-    Returns ``(bijector, x)`` with x of shape (N, D), 1 <= N <= 4, float64.
+    Returns ``(bijector, x)`` with x of shape (N, ...), 1 <= N <= 4 unless ``n`` is given,
+    float64.
     """
+    if name not in layer_names():
+        raise ValueError(f"make_layer: no registered layer {name!r}; registered: "
+                         f"{', '.join(layer_names())}")
+    entry = _REGISTRY[name]
     dim = int(rng.integers(2, 6)) if dim is None else dim
     scale = float(rng.uniform(0.1, 1.0)) if scale is None else scale
-    layer = randomize_parameters(_registry()[name](dim, rng), rng, scale)
-    x = rng.standard_normal((int(rng.integers(1, 5)), dim))
+    layer = entry.build(dim, rng)
+    (entry.randomize or randomize_parameters)(layer, rng, scale)
+    n = int(rng.integers(1, 5)) if n is None else n
+    if entry.inputs is None:
+        x = rng.standard_normal((n, layer.dim))
+    else:
+        x = np.asarray(entry.inputs(layer, n, rng), dtype=np.float64)
     return layer, x
 
 
-def check_all(seed=0, draws=1):
-    """``check_bijector`` on every registered layer; returns a list of CheckReports."""
+def check_all(seed=0, draws=1, layers=None):
+    """``check_bijector`` on every registered layer (or those named in ``layers``), ``draws``
+    random sizes and parameters each; returns a list of CheckReports."""
     rng = np.random.default_rng(seed)
     reports = []
-    for name in LAYER_NAMES:
+    for name in layer_names() if layers is None else layers:
         for _ in range(draws):
             layer, x = make_layer(name, rng)
             reports.append(check_bijector(layer, x, rng, name=name))

@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 
 from nflows_edu import gradcheck
+
+LAYER_NAMES = gradcheck.layer_names()
 from nflows_edu.bijectors import AffineCoupling, Permutation, Reverse, alternating_mask
 from nflows_edu.core import Chain, Inverse
 
@@ -12,22 +14,24 @@ DRAWS = range(20)
 
 
 @pytest.mark.parametrize("draw", DRAWS)
-@pytest.mark.parametrize("name", gradcheck.LAYER_NAMES)
+@pytest.mark.parametrize("name", LAYER_NAMES)
 def test_registered_layer_passes_shared_checks(name, draw):
-    rng = np.random.default_rng(1000 * draw + gradcheck.LAYER_NAMES.index(name))
+    rng = np.random.default_rng(1000 * draw + LAYER_NAMES.index(name))
     layer, x = gradcheck.make_layer(name, rng)
     report = gradcheck.check_bijector(layer, x, rng, name=name)
     assert report.roundtrip <= 1e-10, report
     assert report.logdet <= 1e-7, report
     assert report.logdet_cancel <= 1e-7, report
-    for direction in ("forward", "inverse"):
+    assert not report.problems, report
+    for direction in layer.vjps:
+        assert report.status[direction] == "checked", report
         errs = report.grad_errors[direction]
         params = {n for n, _, _ in layer.parameters()}
         assert set(errs) == {"x"} | params, f"{direction} VJP not checked for every array"
         assert max(errs.values()) <= 1e-6, report
 
 
-@pytest.mark.parametrize("name", gradcheck.LAYER_NAMES)
+@pytest.mark.parametrize("name", LAYER_NAMES)
 def test_layers_are_checked_away_from_identity(name, rng):
     """The checks would hide sign errors at an identity initialisation; make sure they don't
     run there: a layer with parameters must give a non-zero logdet or move its input."""
@@ -49,6 +53,70 @@ def test_checker_flags_a_broken_backward(rng):
     assert report.grad_errors["forward"]["x"] > 1e-3
     assert report.grad_errors["inverse"]["x"] <= 1e-6
     assert not report.passed()
+
+
+def test_checker_fails_a_declared_vjp_that_is_not_implemented(rng):
+    class Unfinished(AffineCoupling):
+        def inverse_backward(self, dx, dlogdet, cache):
+            raise NotImplementedError("TODO")
+
+    layer = gradcheck.randomize_parameters(
+        Unfinished(alternating_mask(3), (8,), "tanh", rng=rng), rng, 0.5)
+    report = gradcheck.check_bijector(layer, rng.standard_normal((4, 3)), rng)
+    assert report.status == {"forward": "checked", "inverse": "not implemented"}
+    assert not report.passed() and "FAIL" in report.row()
+
+
+def test_checker_skips_an_undeclared_direction(rng):
+    class ForwardOnly(AffineCoupling):
+        vjps = ("forward",)
+
+        def inverse_backward(self, dx, dlogdet, cache):
+            raise NotImplementedError("sequential; train the forward direction")
+
+    layer = gradcheck.randomize_parameters(
+        ForwardOnly(alternating_mask(3), (8,), "tanh", rng=rng), rng, 0.5)
+    report = gradcheck.check_bijector(layer, rng.standard_normal((4, 3)), rng)
+    assert report.status == {"forward": "checked", "inverse": "not provided"}
+    assert report.passed()
+    assert Inverse(layer).vjps == ("inverse",) and Chain([layer, Reverse(3)]).vjps == ("forward",)
+
+
+@pytest.mark.parametrize("fault", ["rebind", "overwrite", "modify cache"])
+def test_checker_flags_gradient_bookkeeping(fault, rng):
+    class Sloppy(AffineCoupling):
+        def backward(self, dz, dlogdet, cache):
+            saved = {k: g.copy() for k, g in self.net.layers[0].grads.items()}
+            dx = super().backward(dz, dlogdet, cache)
+            grads = self.net.layers[0].grads
+            if fault == "rebind":
+                grads["W"] = grads["W"].copy()
+            elif fault == "overwrite":
+                grads["W"] -= saved["W"]  # as if it had assigned instead of added
+            else:
+                cache[1][...] *= 1.5  # scales the cached s in place
+            return dx
+
+    layer = gradcheck.randomize_parameters(
+        Sloppy(alternating_mask(3), (8,), "tanh", rng=rng), rng, 0.5)
+    report = gradcheck.check_bijector(layer, rng.standard_normal((4, 3)), rng)
+    assert report.problems and not report.passed()
+    word = {"rebind": "rebinds", "overwrite": "overwrites", "modify cache": "cache"}[fault]
+    assert word in " ".join(report.problems)
+
+
+def test_register_a_new_layer_and_check_it(rng):
+    from nflows_edu.bijectors import Scaling
+    gradcheck.register("Scaling (again)", lambda d, r: Scaling(d))
+    try:
+        with pytest.raises(ValueError, match="registered already"):
+            gradcheck.register("Scaling (again)", lambda d, r: Scaling(d))
+        assert "Scaling (again)" in gradcheck.layer_names()
+        [report] = gradcheck.check_all(layers=["Scaling (again)"])
+        assert report.passed()
+    finally:
+        gradcheck.unregister("Scaling (again)")
+    assert "Scaling (again)" not in gradcheck.layer_names()
 
 
 def test_checker_flags_a_wrong_logdet(rng):
@@ -117,7 +185,7 @@ def test_reverse_and_permutation(rng):
         Permutation(3, perm=[0, 0, 1])
 
 
-@pytest.mark.parametrize("name", gradcheck.LAYER_NAMES)
+@pytest.mark.parametrize("name", LAYER_NAMES)
 @pytest.mark.parametrize("bad, words", [
     (np.zeros(3), "shape"),
     (np.zeros((4, 7)), "shape"),

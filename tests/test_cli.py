@@ -169,17 +169,74 @@ def test_check_prints_a_row_per_layer(capsys):
     assert cli.main(["check", "--seed", "0", "--draws", "1"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0] == gradcheck.CheckReport.HEADER
-    rows = lines[1:-1]
-    assert [row.split()[0] for row in rows] == list(gradcheck.LAYER_NAMES)
+    assert lines[1] == gradcheck.CheckReport.THRESHOLD_LINE
+    rows = lines[2:-1]
+    assert [row.split()[0] for row in rows] == list(gradcheck.layer_names())
+    assert all(" pass " in row for row in rows)
     assert "passed" in lines[-1]
+
+
+def test_check_one_layer_several_draws(capsys):
+    assert cli.main(["check", "--layer", "Scaling", "--draws", "3"]) == 0
+    rows = capsys.readouterr().out.strip().splitlines()[2:-1]
+    assert [row.split()[0] for row in rows] == ["Scaling"] * 3
+    assert cli.main(["check", "--layer", "NoSuchLayer"]) == 2
+    assert "NoSuchLayer" in capsys.readouterr().err
 
 
 def test_check_fails_when_a_layer_fails(capsys, monkeypatch):
     reports = gradcheck.check_all(0, 1)
     reports[2].grad_errors["forward"]["x"] = 0.5  # as if one backward were wrong
-    monkeypatch.setattr(gradcheck, "check_all", lambda seed, draws: reports)
+    monkeypatch.setattr(gradcheck, "check_all", lambda seed, draws, names: reports)
     assert cli.main(["check"]) == 1
-    assert reports[2].name in capsys.readouterr().out.strip().splitlines()[-1]
+    out = capsys.readouterr().out.strip().splitlines()
+    assert reports[2].name in out[-1] and "FAIL" in out[2 + 2]
+
+
+STUDENT_LAYERS = {
+    "todo": """
+        def backward(self, dz, dlogdet, cache):
+            raise NotImplementedError("TODO: write the backward pass")
+    """,
+    "rebinds": """
+        def backward(self, dz, dlogdet, cache):
+            x, z = cache
+            self.grads["s"] = (dz * z).sum(axis=0) + dlogdet.sum()  # rebinds the array
+            return dz * np.exp(self.params["s"])
+    """,
+    "overwrites": """
+        def backward(self, dz, dlogdet, cache):
+            x, z = cache
+            self.grads["s"][...] = (dz * z).sum(axis=0) + dlogdet.sum()  # = instead of +=
+            return dz * np.exp(self.params["s"])
+    """,
+}
+
+
+@pytest.mark.parametrize("fault", sorted(STUDENT_LAYERS))
+def test_check_exits_1_for_an_unfinished_or_misbookkept_student_layer(fault, tmp_path, capsys):
+    import textwrap
+    name = f"Student_{fault}"
+    source = textwrap.dedent("""
+        import numpy as np
+        from nflows_edu.bijectors import Scaling
+        from nflows_edu.gradcheck import register
+
+        class StudentScaling(Scaling):
+        {body}
+
+        register({name!r}, lambda dim, rng: StudentScaling(dim))
+    """).format(body=textwrap.indent(textwrap.dedent(STUDENT_LAYERS[fault]), "    "), name=name)
+    path = tmp_path / "student.py"
+    path.write_text(source)
+    try:
+        assert cli.main(["check", "--module", str(path)]) == 1
+    finally:
+        gradcheck.unregister(name)
+    out = capsys.readouterr().out
+    assert name in out.splitlines()[-1]
+    assert {"todo": "not implemented", "rebinds": "rebinds",
+            "overwrites": "instead of adding"}[fault] in out
 
 
 def test_demo_fast(tmp_path, capsys, monkeypatch):

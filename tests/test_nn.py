@@ -34,12 +34,27 @@ def test_checker_flags_a_broken_module(rng):
     class BrokenLinear(Linear):
         def backward(self, dy, cache):
             dx = super().backward(dy, cache)
-            self.grads["b"] *= 2  # wrong bias gradient
+            self.grads["b"] += dy.sum(axis=0)  # wrong bias gradient: counted twice
             return dx
 
     errors = gradcheck.check_module(BrokenLinear(3, 2, rng), rng.standard_normal((4, 3)), rng)
     assert errors["x"] <= 1e-6 and errors["W"] <= 1e-6
     assert errors["b"] > 0.1
+
+
+@pytest.mark.parametrize("fault", ["rebinds", "overwrites"])
+def test_checker_flags_module_gradient_bookkeeping(fault, rng):
+    class Sloppy(Linear):
+        def backward(self, dy, cache):
+            if fault == "rebinds":
+                self.grads["W"] = cache.T @ dy
+            else:
+                self.grads["W"][...] = cache.T @ dy
+            self.grads["b"] += dy.sum(axis=0)
+            return dy @ self.params["W"].T
+
+    with pytest.raises(AssertionError, match=fault):
+        gradcheck.check_module(Sloppy(3, 2, rng), rng.standard_normal((4, 3)), rng)
 
 
 def test_backward_accumulates_into_grads(rng):

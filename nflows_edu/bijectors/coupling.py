@@ -7,7 +7,8 @@ the log-determinant is the log-determinant of the ``x_b`` block alone.
 """
 import numpy as np
 
-from ..core import Bijector
+from ..core import Bijector, Chain, Inverse
+from ..gradcheck import register
 from ..nn import MLP
 
 
@@ -176,3 +177,33 @@ class AffineCoupling(_Coupling):
         dz_a = self._net_backward(ds, -dz_b, s, net_cache)
         dz_a += dx[:, self._a]
         return self._join(dz_a, dz_b)
+
+
+# ------------------------------------------------------------------ the gradcheck registry
+def _random_mask(dim, rng):
+    mask = np.zeros(dim, dtype=np.int64)
+    mask[rng.choice(dim, size=int(rng.integers(1, dim)), replace=False)] = 1
+    return mask
+
+
+def _nice_chain(dim, rng):
+    from .elementwise import Scaling
+    layers = [AdditiveCoupling(alternating_mask(dim, k % 2), (8,), "tanh", rng) for k in range(3)]
+    return Chain(layers + [Scaling(dim)])
+
+
+def _realnvp_chain(dim, rng):
+    from .permutation import Permutation
+    return Chain([AffineCoupling(alternating_mask(dim, 0), (8,), "tanh", rng=rng),
+                  Permutation(dim, rng=rng),
+                  AffineCoupling(alternating_mask(dim, 1), (8,), "tanh", rng=rng)])
+
+
+# tanh nets, not ReLU: central differences across a ReLU kink are wrong by O(1)
+register("AdditiveCoupling", lambda d, r: AdditiveCoupling(_random_mask(d, r), (8, 8), "tanh", r))
+register("AffineCoupling", lambda d, r: AffineCoupling(_random_mask(d, r), (8, 8), "tanh",
+                                                       s_max=2.0, rng=r))
+register("Inverse(AffineCoupling)",
+         lambda d, r: Inverse(AffineCoupling(_random_mask(d, r), (8,), "tanh", rng=r)))
+register("Chain(NICE)", _nice_chain)
+register("Chain(RealNVP)", _realnvp_chain)

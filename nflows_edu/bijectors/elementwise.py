@@ -2,6 +2,7 @@ r"""Elementwise bijectors."""
 import numpy as np
 
 from ..core import Bijector
+from ..gradcheck import register
 
 
 class Scaling(Bijector):
@@ -43,3 +44,6 @@ class Scaling(Bijector):
         # x = z * exp(-s), so dx/ds_j = -x_j
         self.grads["s"] -= (dx * x).sum(axis=0) + dlogdet.sum()
         return dx * np.exp(-self.params["s"])
+
+
+register("Scaling", lambda d, r: Scaling(d))

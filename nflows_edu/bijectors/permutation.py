@@ -2,6 +2,7 @@ r"""Fixed permutations of the features: volume preserving, no parameters."""
 import numpy as np
 
 from ..core import Bijector
+from ..gradcheck import register
 
 
 class Permutation(Bijector):
@@ -56,3 +57,7 @@ class Reverse(Permutation):
 
     def __init__(self, dim):
         super().__init__(dim, perm=np.arange(dim)[::-1])
+
+
+register("Permutation", lambda d, r: Permutation(d, rng=r))
+register("Reverse", lambda d, r: Reverse(d))
