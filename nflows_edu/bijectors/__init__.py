@@ -1,7 +1,8 @@
 """Bijectors, one file per family."""
+from .autoregressive import IAF, MAF
 from .coupling import AdditiveCoupling, AffineCoupling, alternating_mask
 from .elementwise import Scaling
 from .permutation import Permutation, Reverse
 
 __all__ = ["AdditiveCoupling", "AffineCoupling", "alternating_mask", "Scaling", "Permutation",
-           "Reverse"]
+           "Reverse", "MAF", "IAF"]
