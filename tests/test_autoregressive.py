@@ -136,3 +136,111 @@ def test_iaf_sampling_is_one_made_pass_of_its_maf(rng):
     x, logdet, _ = iaf.inverse(z)
     x_maf, logdet_maf, _ = iaf.bijector.forward(z)
     assert np.array_equal(x, x_maf) and np.array_equal(logdet, logdet_maf)
+
+
+# ------------------------------------------------------------------------- BatchNorm, models
+from nflows_edu import io, models  # noqa: E402
+from nflows_edu.bijectors import BatchNorm  # noqa: E402
+from nflows_edu.core import Chain  # noqa: E402
+
+
+def _batchnorm(rng, dim=3):
+    layer = BatchNorm(dim)
+    layer.params["log_gamma"][:] = rng.standard_normal(dim)
+    layer.params["beta"][:] = rng.standard_normal(dim)
+    return layer
+
+
+def test_batchnorm_training_backward_through_the_batch_statistics(rng):
+    """In training mode every z_n depends on the whole batch, so the per-example Jacobian
+    checks do not apply: check the VJP on a whole-batch loss L = sum(dz * z) + sum(dl * logdet)
+    by central differences in every entry of x and every parameter."""
+    layer = _batchnorm(rng)
+    x = rng.standard_normal((6, 3)) * [1.0, 3.0, 0.5] + [0.0, -2.0, 4.0]
+    dz, dlogdet = rng.standard_normal((6, 3)), rng.standard_normal(6)
+    z, logdet, cache = layer.forward(x)
+    layer.zero_grad()
+    dx = layer.backward(dz, dlogdet, cache)
+
+    def loss():
+        z, logdet, _ = layer.forward(x)
+        return np.sum(dz * z) + np.sum(dlogdet * logdet)
+
+    assert gradcheck.rel_error(dx, gradcheck.numerical_gradient(loss, x)) <= 1e-7
+    for name, p, g in layer.parameters():
+        analytic = g.copy()
+        assert gradcheck.rel_error(analytic, gradcheck.numerical_gradient(loss, p)) <= 1e-7
+    # the batch statistics do matter: the example-wise (eval-mode) formula would be wrong here
+    layer.zero_grad()
+    wrong = layer.backward(dz, dlogdet, (cache[0], cache[1], False))
+    assert gradcheck.rel_error(wrong, dx) > 1e-2
+
+
+def test_batchnorm_modes_and_running_averages(rng):
+    layer = _batchnorm(rng)
+    x = rng.standard_normal((500, 3)) * 2.0 + 1.0
+    z, logdet, _ = layer.forward(x)  # training: batch statistics
+    xhat = (z - layer.params["beta"]) * np.exp(-layer.params["log_gamma"])
+    assert np.allclose(xhat.mean(axis=0), 0, atol=1e-12)
+    assert np.allclose(xhat.var(axis=0), 1, atol=1e-4)
+    assert np.allclose(layer.buffers["running_mean"], 0.1 * x.mean(axis=0))
+    assert np.allclose(layer.buffers["running_var"], 0.9 + 0.1 * x.var(axis=0))
+    layer.eval()
+    before = layer.buffers["running_mean"].copy()
+    z, logdet, _ = layer.forward(x)
+    assert np.array_equal(layer.buffers["running_mean"], before)  # eval: no update
+    x_back, logdet_back, _ = layer.inverse(z)
+    assert np.abs(x_back - x).max() <= 1e-12
+    assert np.abs(logdet + logdet_back).max() <= 1e-12
+
+
+def test_train_eval_propagates_and_the_flow_respects_it(rng, tmp_path):
+    flow = models.maf(3, n_layers=3, hidden=(8, 8), batch_norm=True, rng=rng)
+    assert sum(isinstance(layer, BatchNorm) for layer in flow.bijector.layers) == 2
+    x = rng.standard_normal((64, 3)) * 3.0 + 2.0
+    for _ in range(30):  # running averages towards the data's statistics
+        flow.log_prob(x)
+    train_lp = flow.log_prob(x[:4])  # training mode: the statistics of these 4 points
+    assert flow.eval() is flow
+    assert not any(m.training for m in flow.bijector.layers)
+    eval_lp = flow.log_prob(x[:4])
+    assert np.abs(train_lp - eval_lp).max() > 1e-3
+    path = io.save(flow, tmp_path / "maf_bn")
+    loaded = io.load(path).eval()
+    assert np.array_equal(loaded.log_prob(x), flow.log_prob(x))
+    bn = flow.bijector.layers[1]
+    assert np.array_equal(loaded.bijector.layers[1].buffers["running_var"],
+                          bn.buffers["running_var"])
+    z = rng.standard_normal((5, 3))
+    assert np.abs(flow.bijector.forward(flow.bijector.inverse(z)[0])[0] - z).max() < 1e-10
+    flow.train()
+    assert all(m.training for m in flow.bijector.layers)
+
+
+@pytest.mark.parametrize("name", ["maf", "iaf"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_autoregressive_models_save_and_load_exactly(name, dtype, rng, tmp_path):
+    flow = models.MODELS[name](4, n_layers=3, hidden=(12, 12), rng=rng, dtype=dtype)
+    for _, p, _ in flow.parameters():
+        p += (0.1 * rng.standard_normal(p.shape)).astype(dtype)
+    orders = [layer.made.order if name == "maf" else layer.bijector.made.order
+              for layer in flow.bijector.layers]
+    assert np.array_equal(orders[0], [0, 1, 2, 3]) and np.array_equal(orders[1], [3, 2, 1, 0])
+    loaded = io.load(io.save(flow, tmp_path / name))
+    x = rng.standard_normal((7, 4))
+    assert loaded.config == flow.config
+    assert np.array_equal(loaded.log_prob(x), flow.log_prob(x))
+    assert np.array_equal(loaded.sample(5, np.random.default_rng(1)),
+                          flow.sample(5, np.random.default_rng(1)))
+    assert loaded.log_prob(x).dtype == dtype
+
+
+def test_maf_model_trains_by_maximum_likelihood(rng):
+    from nflows_edu import datasets, train
+    flow = models.maf(2, n_layers=2, hidden=(16, 16), rng=rng)
+    data = datasets.toy("8gaussians", 2000, rng)
+    before = train.nll(flow, data)
+    train.fit(flow, data, steps=150, batch_size=128, lr=3e-3, rng=rng, progress=False)
+    assert train.nll(flow, data) < before - 0.2
+    with pytest.raises(NotImplementedError, match="sampling direction"):
+        models.iaf(2, n_layers=1, hidden=(4,), rng=rng).loss_and_grad(data[:8])

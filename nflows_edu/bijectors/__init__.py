@@ -2,7 +2,8 @@
 from .autoregressive import IAF, MAF
 from .coupling import AdditiveCoupling, AffineCoupling, alternating_mask
 from .elementwise import Scaling
+from .normalization import BatchNorm
 from .permutation import Permutation, Reverse
 
 __all__ = ["AdditiveCoupling", "AffineCoupling", "alternating_mask", "Scaling", "Permutation",
-           "Reverse", "MAF", "IAF"]
+           "Reverse", "MAF", "IAF", "BatchNorm"]
