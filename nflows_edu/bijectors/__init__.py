@@ -4,6 +4,8 @@ from .coupling import AdditiveCoupling, AffineCoupling, alternating_mask
 from .elementwise import Scaling
 from .normalization import BatchNorm
 from .permutation import Permutation, Reverse
+from .preprocess import Logit, ScaleToUnit, dequantize
 
 __all__ = ["AdditiveCoupling", "AffineCoupling", "alternating_mask", "Scaling", "Permutation",
-           "Reverse", "MAF", "IAF", "BatchNorm"]
+           "Reverse", "MAF", "IAF", "BatchNorm", "Logit",
+           "ScaleToUnit", "dequantize"]
