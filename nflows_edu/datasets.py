@@ -362,6 +362,6 @@ def bits_per_dim(nll, dim):
     Examples
     --------
     >>> round(bits_per_dim(64 * np.log(17), 64), 12)  # the uniform model: log2(17)
-    4.087462841250
+    4.08746284125
     """
-    return float(nll) / (int(dim) * np.log(2))
+    return float(nll) / (int(dim) * float(np.log(2)))
