@@ -296,7 +296,7 @@ def run_digits(model, steps, batch_size, lr, out, seed=0, n_layers=None, dtype="
 
     written = [io.save(flow, model_path, overwrite=overwrite)]
     written.append(os.path.join(out, "samples.png"))
-    fig = digits_grid(flow.sample(64, rng), levels)
+    fig = viz.digits_grid(flow.sample(64, rng), levels)
     fig.savefig(written[-1], dpi=120, bbox_inches="tight")
     plt.close(fig)
     ax = viz.plot_loss(history)
@@ -319,18 +319,6 @@ def run_digits(model, steps, batch_size, lr, out, seed=0, n_layers=None, dtype="
         print(f"  {path}")
     print(f"wall time: {seconds:.1f} s (training {train_seconds:.1f} s)")
     return metrics
-
-
-def digits_grid(v, levels=17, cols=8):
-    """A figure of 8x8 images (rows of ``v``, pixel values; clipped to [0, levels - 1])."""
-    images = np.clip(np.asarray(v), 0, levels - 1).reshape(-1, 8, 8)
-    rows = math.ceil(len(images) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols, rows), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for ax, image in zip(axes.ravel(), images):
-        ax.imshow(image, cmap="gray_r", vmin=0, vmax=levels - 1)
-    return fig
 
 
 def load_model(path):

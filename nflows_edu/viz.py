@@ -267,3 +267,16 @@ def save_pictures(flow, data, out_dir, rng=None, lim=4.0):
     save("samples", ax.figure)
     save("warp", plot_warp(flow, subset(1000), lim=lim))
     return paths
+
+
+def digits_grid(v, levels=17, cols=8):
+    """A figure of 8x8 images, one per row of ``v`` (pixel values, clipped to
+    [0, levels - 1]: a flow's samples may fall slightly outside), ``cols`` per row."""
+    images = np.clip(np.asarray(v, dtype=float), 0, levels - 1).reshape(-1, 8, 8)
+    rows = -(-len(images) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.6, rows * 0.6), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, image in zip(axes.ravel(), images):
+        ax.imshow(image, cmap="gray_r", vmin=0, vmax=levels - 1)
+    return fig
