@@ -227,6 +227,10 @@ def cmd_demo(args):
 
 
 def cmd_train(args):
+    if args.model == "iaf":
+        raise UsageError("--model iaf cannot train on data: IAF's density of a given point is "
+                         "sequential and has no VJP; IAF trains by reverse KL, in its sampling "
+                         "direction (use maf for maximum likelihood)")
     if args.data == "digits":
         run_digits(args.model, args.steps, args.batch_size, args.lr, args.out, seed=args.seed,
                    n_layers=args.n_layers, dtype=args.dtype, overwrite=args.overwrite,
@@ -259,9 +263,7 @@ def run_digits(model, steps, batch_size, lr, out, seed=0, n_layers=None, dtype="
     """
     if model not in DIGITS_MODELS:
         raise UsageError(f"--data digits trains by maximum likelihood a model that models "
-                         f"pixels: expected --model {' or '.join(DIGITS_MODELS)}, got {model!r}"
-                         + (" (IAF's density is sequential without a VJP: it trains by "
-                            "reverse KL, not on data)" if model == "iaf" else ""))
+                         f"pixels: expected --model {' or '.join(DIGITS_MODELS)}, got {model!r}")
     from .bijectors import dequantize
 
     start = time.perf_counter()

@@ -23,8 +23,9 @@ def test_train_maf_on_digits_writes_metrics_and_samples(tmp_path, capsys):
 
 
 def test_digits_needs_a_maximum_likelihood_pixel_model(tmp_path, capsys):
-    for model, words in (("iaf", "reverse KL"), ("realnvp", "expected --model maf")):
-        argv = ["train", "--model", model, "--data", "digits", "--steps", "2", "--out",
+    for model, data, words in (("iaf", "digits", "reverse KL"), ("iaf", "moons", "reverse KL"),
+                               ("realnvp", "digits", "expected --model maf")):
+        argv = ["train", "--model", model, "--data", data, "--steps", "2", "--out",
                 str(tmp_path / model)]
         assert cli.main(argv) == 2
         err = capsys.readouterr().err
