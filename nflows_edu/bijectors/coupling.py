@@ -46,11 +46,10 @@ class _Coupling(Bijector):
     def idx_b(self):
         return np.flatnonzero(self.buffers["mask"] == 0)
 
-    def load_state_dict(self, state):
-        super().load_state_dict(state)
+    def check_state(self):
         mask = self.buffers["mask"]
         if not np.isin(mask, (0, 1)).all() or mask.sum() != self.net.sizes[0]:
-            raise ValueError(f"{type(self).__name__}.load_state_dict: expected a binary mask "
+            raise ValueError(f"{type(self).__name__}: expected a binary mask "
                              f"with {self.net.sizes[0]} ones (the net's input size), got "
                              f"{mask.tolist()}")
 
