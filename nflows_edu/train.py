@@ -7,7 +7,8 @@ import numpy as np
 from tqdm import tqdm
 
 from .core import check_array
-from .optim import SGD, Adam, clip_grad_norm
+from .fast import FusedAdam, keep_freed_memory
+from .optim import SGD, clip_grad_norm
 from .threads import blas_threads
 
 
@@ -19,12 +20,16 @@ class NonFiniteLossError(FloatingPointError):
 TrainingDiverged = NonFiniteLossError
 
 
-def nll(flow, data, batch_size=4096):
+def log_prob(flow, data, batch_size=65536):
+    """``flow.log_prob`` of ``data`` (N, D) in batches, so a million points fit in memory."""
+    data = check_array(data, "log_prob", flow.dim)
+    return np.concatenate([flow.log_prob(data[i:i + batch_size])
+                           for i in range(0, len(data), batch_size)])
+
+
+def nll(flow, data, batch_size=65536):
     """Mean negative log-likelihood (nats per example) of ``data`` (N, D), in batches."""
-    data = check_array(data, "nll", flow.dim)
-    total = sum(-flow.log_prob(data[i:i + batch_size]).sum()
-                for i in range(0, len(data), batch_size))
-    return float(total / len(data))
+    return float(-log_prob(flow, data, batch_size).mean())
 
 
 def learning_rate(step, steps, lr, schedule="cosine", warmup=0):
@@ -109,11 +114,12 @@ def fit(flow, data, steps=1000, batch_size=256, lr=1e-3, rng=None, val_data=None
     rng = np.random.default_rng() if rng is None else rng
     params = list(flow.parameters())
     if optimizer == "adam":
-        opt = Adam(params, lr=lr)
+        opt = FusedAdam(params, lr=lr)  # optim.Adam's update, several times faster
     elif optimizer == "sgd":
         opt = SGD(params, lr=lr)
     else:
         raise ValueError(f"fit: expected optimizer 'adam' or 'sgd', got {optimizer!r}")
+    keep_freed_memory()  # saves page faults in every step (fast.py says how much)
     with blas_threads(threads, flow, batch_size):
         return _fit_loop(flow, data, params, opt, steps, min(int(batch_size), len(data)), lr,
                          rng, val_data, schedule, warmup, clip, eval_every, keep_best, diverge,
