@@ -413,7 +413,14 @@ def _import_file(path):
     spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0],
                                                   path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as err:  # the user's file: one line that says where, not a traceback
+        import traceback
+        line = next((f.lineno for f in reversed(traceback.extract_tb(err.__traceback__))
+                     if os.path.samefile(f.filename, path)), "?")
+        raise UsageError(f"--module {path}: importing it raised {type(err).__name__} at line "
+                         f"{line}: {err}") from None
 
 
 def cmd_check(args):
