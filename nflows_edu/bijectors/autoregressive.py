@@ -163,6 +163,6 @@ def _order(dim, rng):
 
 # tanh MADEs (smooth, for central differences); hidden layers wide enough for every degree
 register("MAF", lambda d, r: MAF(d, (8, 8), _order(d, r), "tanh", s_max=2.0, rng=r))
-register("MAF(reference inverse)",
+register("MAF(reference)",
          lambda d, r: MAF(d, (6,), _order(d, r), "tanh", s_max=2.0, rng=r, use_kernel=False))
 register("IAF", lambda d, r: IAF(d, (8, 8), _order(d, r), "tanh", s_max=2.0, rng=r))
