@@ -54,7 +54,7 @@ def fixed_point(g_value, y, tol, max_iter, where):
         f"(solver='anderson' needs far fewer iterations).")
 
 
-def anderson(g_value, y, tol, max_iter, where, memory=5, reg=1e-12):
+def anderson(g_value, y, tol, max_iter, where, memory=5, reg=1e-10):
     r"""Solve ``x + g(x) = y`` by Anderson acceleration of the map ``G(x) = y - g(x)``.
 
     Keeps the last ``m = memory`` iterates x_i and residuals r_i = G(x_i) - x_i and takes
@@ -85,7 +85,11 @@ def anderson(g_value, y, tol, max_iter, where, memory=5, reg=1e-12):
         # min ||alpha R|| s.t. sum alpha = 1: the bordered normal equations
         H = np.zeros((n, m + 1, m + 1), dtype=y.dtype)
         H[:, 0, 1:] = H[:, 1:, 0] = 1
-        H[:, 1:, 1:] = R @ R.transpose(0, 2, 1) + reg * np.eye(m)
+        gram = R @ R.transpose(0, 2, 1)
+        # Tikhonov term relative to the residuals' own size: near convergence they are ~1e-13
+        # and an absolute term would swamp the Gram matrix (alpha -> plain averaging)
+        scale = np.trace(gram, axis1=1, axis2=2) / m
+        H[:, 1:, 1:] = gram + (reg * scale + 1e-300)[:, None, None] * np.eye(m)
         rhs = np.zeros((n, m + 1), dtype=y.dtype)
         rhs[:, 0] = 1
         alpha = np.linalg.solve(H, rhs[..., None])[:, 1:, 0]     # (n, m)
