@@ -4,7 +4,7 @@ Untrained models (default initialisation, spectral norms converged), 4 blocks, h
 a batch of 256 standard-normal points; one BLAS thread. Prints, per model and log-det mode:
 forward (x -> z with the log-det: inference and density), inverse (z -> x: sampling; the
 iterations of the fixed point / root finder per block), and one training step (forward,
-log-det gradient, backward: ``flow.loss_and_grad``). Median of ``REPEATS`` runs, in ms.
+log-det gradient, backward: ``flow.loss_and_grad``). Median of ``REPEATS`` (3) runs, in ms.
 
     OPENBLAS_NUM_THREADS=1 python benchmarks/residual_timings.py
 """
@@ -15,7 +15,7 @@ from threadpoolctl import threadpool_limits
 
 from nflows_edu import models
 
-REPEATS = 5
+REPEATS = 3
 N = 256
 
 

@@ -115,16 +115,16 @@ def resflow(dim, n_blocks=8, hidden=(64, 64), c=0.9, logdet="roulette", activati
 
 
 def impflow(dim, n_blocks=4, hidden=(64, 64), c=0.99, logdet="exact", activation="sine",
-            tol=1e-9, n_layers=None, rng=None, dtype=np.float64):
+            tol=None, n_layers=None, rng=None, dtype=np.float64):
     r"""Implicit normalizing flow (Lu et al. 2021, arXiv:2103.09527): ``n_blocks``
     ``ImplicitBlock``s, each with two Lipschitz MLPs g_x, g_z (Lip <= c) and z the root of
     g_x(x) - g_z(z) + x - z = 0 (Anderson-accelerated fixed point); standard normal prior.
     The sine activation is the paper's choice for its 2-D experiments; ``logdet="exact"`` by
     default because toy data is 2-D (the exact log-det has no estimator noise there).
-    ``tol`` is the root finder's tolerance: 1e-9 by default, which leaves z within
-    c/(1-c) * 1e-9 = 1e-7 of the root, far below what training or an NLL notices, at about
-    half the iterations of the 1e-13 the registry checks use (round trip <= 1e-10).  None
-    gives ``ResidualBlock``'s default (1e-13 in float64).
+    ``tol`` is the root finder's tolerance; None means 1e-9 in float64, which leaves z
+    within c/(1-c) * 1e-9 = 1e-7 of the root, far below what training or an NLL notices, at
+    about half the iterations of the 1e-13 the registry checks use (round trip <= 1e-10),
+    and 1e-5 in float32 (its round-off is ~1e-7).
     """
     from .bijectors.implicit import ImplicitBlock
     from .nn import _check_lipschitz_bound
@@ -132,7 +132,9 @@ def impflow(dim, n_blocks=4, hidden=(64, 64), c=0.99, logdet="exact", activation
     c = _check_lipschitz_bound(c, "impflow")
     n_blocks = _blocks(n_blocks, n_layers, "impflow")
     rng = np.random.default_rng() if rng is None else rng
-    layers = [ImplicitBlock(dim, hidden, c, activation, logdet, rng=rng, dtype=dtype, tol=tol)
+    solver_tol = (1e-9 if np.dtype(dtype) == np.float64 else 1e-5) if tol is None else tol
+    layers = [ImplicitBlock(dim, hidden, c, activation, logdet, rng=rng, dtype=dtype,
+                            tol=solver_tol)
               for _ in range(n_blocks)]
     config = dict(model="impflow", dim=dim, n_blocks=n_blocks, hidden=list(hidden), c=c,
                   logdet=logdet, activation=activation, tol=tol, dtype=np.dtype(dtype).name)

@@ -242,3 +242,20 @@ def test_cli_trains_residual_and_implicit_models(tmp_path, capsys):
         metrics = json.loads((out / "metrics.json").read_text())
         assert metrics["model"] == name and np.isfinite(metrics["kl"])
         assert nf.load(out / "model.npz").config["model"] == name
+
+
+@pytest.mark.parametrize("name", ["iresnet", "resflow", "impflow"])
+def test_models_in_float32(name, rng):
+    flow = models.MODELS[name](2, n_blocks=2, hidden=(8,), dtype=np.float32, rng=rng)
+    x = rng.standard_normal((16, 2))
+    assert flow.log_prob(x).dtype == np.float32 and np.isfinite(flow.log_prob(x)).all()
+    assert flow.sample(8, rng).dtype == np.float32
+    assert np.isfinite(flow.loss_and_grad(x))
+
+
+def test_non_finite_input_is_rejected_by_both_directions(rng):
+    block = ResidualBlock(2, (8,), rng=rng)
+    with pytest.raises(ValueError, match="finite"):
+        block.inverse(np.array([[np.inf, 0.0]]))
+    with pytest.raises(ValueError, match="finite"):
+        ImplicitBlock(2, (8,), rng=rng).forward(np.array([[np.nan, 0.0]]))
