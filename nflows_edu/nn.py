@@ -390,7 +390,9 @@ class LipschitzMLP(Module):
         for k, layer in enumerate(self.linears):
             W_hat, s, u, v = layer.weight()
             a = h @ W_hat + layer.params["b"]
-            M = None if T is None else T @ W_hat
+            # (N, m, I) -> (N m, I): one BLAS product instead of N small ones
+            M = None if T is None else (T.reshape(-1, T.shape[2]) @ W_hat).reshape(
+                T.shape[0], T.shape[1], -1)
             if k == len(self.linears) - 1:
                 caches.append((h, T, (W_hat, s, u, v), a, None, None, M))
                 return a, M, caches
@@ -422,13 +424,14 @@ class LipschitzMLP(Module):
             if params:
                 layer = self.linears[k]
                 dW_hat = h.T @ da
-                if dM is not None:
-                    dW_hat += np.einsum("nri,nro->io", T, dM)
+                if dM is not None:  # sum over n and r of T^T dM, as one BLAS product
+                    dW_hat += T.reshape(-1, T.shape[2]).T @ dM.reshape(-1, dM.shape[2])
                 layer.weight_backward(dW_hat, W_hat, s, u, v)
                 layer.grads["b"] += da.sum(axis=0)
             dh = da @ W_hat.T
             # the tangents start at the constant V: no gradient is needed below layer 0
-            dT = None if (dM is None or k == 0) else dM @ W_hat.T
+            dT = None if (dM is None or k == 0) else (
+                dM.reshape(-1, dM.shape[2]) @ W_hat.T).reshape(dM.shape[0], dM.shape[1], -1)
         return dh
 
     def vjp(self, dg, caches):
