@@ -2,10 +2,12 @@
 from .autoregressive import IAF, MAF
 from .coupling import AdditiveCoupling, AffineCoupling, alternating_mask
 from .elementwise import Scaling
+from .implicit import ImplicitBlock
 from .normalization import BatchNorm
 from .permutation import Permutation, Reverse
 from .preprocess import Logit, ScaleToUnit, dequantize
+from .residual import ConvergenceError, ResidualBlock
 
 __all__ = ["AdditiveCoupling", "AffineCoupling", "alternating_mask", "Scaling", "Permutation",
-           "Reverse", "MAF", "IAF", "BatchNorm", "Logit",
-           "ScaleToUnit", "dequantize"]
+           "Reverse", "ResidualBlock", "ConvergenceError", "ImplicitBlock", "MAF", "IAF",
+           "BatchNorm", "Logit", "ScaleToUnit", "dequantize"]
