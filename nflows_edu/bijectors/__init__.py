@@ -2,6 +2,7 @@
 from .coupling import AdditiveCoupling, AffineCoupling, alternating_mask
 from .elementwise import Scaling
 from .permutation import Permutation, Reverse
+from .planar_radial import Planar, Radial
 
 __all__ = ["AdditiveCoupling", "AffineCoupling", "alternating_mask", "Scaling", "Permutation",
-           "Reverse"]
+           "Reverse", "Planar", "Radial"]
