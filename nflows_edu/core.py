@@ -43,10 +43,26 @@ class Module:
     Optimizers update ``param`` and read ``grad`` in place, so neither is ever rebound.
     """
 
+    # Training or evaluation mode (``train()`` / ``eval()``): only layers whose map depends on
+    # it read it (``BatchNorm``: batch statistics or running averages).
+    training = True
+
     def __init__(self):
         self.params = {}
         self.grads = {}
         self.buffers = {}
+
+    def train(self, mode=True):
+        """Set training mode (``mode=True``) or evaluation mode on this module and every
+        sub-module; returns ``self``. ``Flow.log_prob`` and ``Flow.sample`` use the mode set."""
+        self.training = bool(mode)
+        for _, child in self.children():
+            child.train(mode)
+        return self
+
+    def eval(self):
+        """Evaluation mode: the same as ``train(False)``."""
+        return self.train(False)
 
     def add_param(self, name, value):
         self.params[name] = value

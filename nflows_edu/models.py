@@ -5,7 +5,8 @@ rebuild the same architecture and then copy the saved parameters into it.
 """
 import numpy as np
 
-from .bijectors import AdditiveCoupling, AffineCoupling, Scaling, alternating_mask
+from .bijectors import (IAF, MAF, AdditiveCoupling, AffineCoupling, BatchNorm, Scaling,
+                        alternating_mask)
 from .core import Chain, Flow
 from .distributions import StandardLogistic, StandardNormal
 
@@ -52,7 +53,52 @@ def realnvp(dim, n_layers=8, hidden=(64, 64), activation="relu", s_max=3.0, rng=
     return Flow(Chain(layers), StandardNormal(dim, dtype), config)
 
 
-MODELS = {"nice": nice, "realnvp": realnvp}
+def _autoregressive(cls, name, dim, n_layers, hidden, activation, s_max, batch_norm, rng, dtype):
+    if int(dim) != dim or dim < 2:
+        raise ValueError(f"{name}: expected dim >= 2, got {dim!r}")
+    dim = int(dim)
+    rng = np.random.default_rng() if rng is None else rng
+    layers = []
+    for k in range(n_layers):
+        layers.append(cls(dim, hidden, ("natural", "reversed")[k % 2], activation, s_max,
+                          rng=rng, dtype=dtype))
+        if batch_norm and k < n_layers - 1:
+            layers.append(BatchNorm(dim, dtype=dtype))
+    config = dict(model=name, dim=dim, n_layers=n_layers, hidden=list(hidden),
+                  activation=activation, s_max=s_max, batch_norm=bool(batch_norm),
+                  dtype=np.dtype(dtype).name)
+    return Flow(Chain(layers), StandardNormal(dim, dtype), config)
+
+
+def maf(dim, n_layers=5, hidden=(256, 256), activation="relu", s_max=3.0, batch_norm=False,
+        rng=None, dtype=np.float64):
+    r"""MAF (Papamakarios, Pavlakou, Murray 2017, arXiv:1705.07057).
+
+    ``n_layers`` MAF layers (one MADE each) whose order alternates between natural and
+    reversed, so a feature conditioned on nothing in one layer is conditioned on everything in
+    the next; with ``batch_norm``, a ``BatchNorm`` between consecutive layers (as in the paper;
+    call ``flow.eval()`` before evaluating or sampling). Standard normal prior. Each MADE's
+    output layer starts at zero, so the untrained flow is the identity.
+
+    Density (forward) is one MADE pass per layer; sampling (inverse) is sequential over the
+    features, done by the Numba kernel in ``nflows_edu.kernels``.
+    """
+    return _autoregressive(MAF, "maf", dim, n_layers, hidden, activation, s_max, batch_norm,
+                           rng, dtype)
+
+
+def iaf(dim, n_layers=5, hidden=(256, 256), activation="relu", s_max=3.0, batch_norm=False,
+        rng=None, dtype=np.float64):
+    r"""IAF (Kingma et al. 2016, arXiv:1606.04934): ``maf``'s architecture with every layer
+    an ``IAF`` (``Inverse(MAF)``): sampling is one MADE pass per layer, the density of a
+    given point is sequential. Its forward direction has no VJP, so it is trained in the
+    sampling direction (reverse KL), not by maximum likelihood.
+    """
+    return _autoregressive(IAF, "iaf", dim, n_layers, hidden, activation, s_max, batch_norm,
+                           rng, dtype)
+
+
+MODELS = {"nice": nice, "realnvp": realnvp, "maf": maf, "iaf": iaf}
 
 
 def build(config):

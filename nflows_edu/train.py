@@ -8,10 +8,15 @@ from tqdm import tqdm
 
 from .core import check_array
 from .optim import SGD, Adam, clip_grad_norm
+from .threads import blas_threads
 
 
 class NonFiniteLossError(FloatingPointError):
-    """Training produced a NaN or infinite loss; the model keeps its last finite parameters."""
+    """Training diverged (a NaN or infinite loss, non-finite parameters, or a loss that
+    exploded); ``fit`` stopped and put back the parameters from before the step that did it."""
+
+
+TrainingDiverged = NonFiniteLossError
 
 
 def nll(flow, data, batch_size=4096):
@@ -36,9 +41,32 @@ def learning_rate(step, steps, lr, schedule="cosine", warmup=0):
     raise ValueError(f"learning_rate: expected schedule 'cosine' or 'constant', got {schedule!r}")
 
 
+def _check_fit_arguments(steps, batch_size, lr, clip, eval_every, warmup, diverge):
+    def is_int(v, low):
+        return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= low
+
+    def is_positive(v):
+        return isinstance(v, (int, float, np.integer, np.floating)) and 0 < v < math.inf
+
+    for name, value, low in (("steps", steps, 1), ("batch_size", batch_size, 1),
+                             ("eval_every", eval_every, 1), ("warmup", warmup, 0)):
+        if not is_int(value, low):
+            raise ValueError(f"fit: expected an integer {name} >= {low}, got {value!r}")
+    for name, value in (("lr", lr), ("diverge", diverge)):
+        if not is_positive(value):
+            raise ValueError(f"fit: expected a positive finite {name}, got {value!r}")
+    if clip is not None and not is_positive(clip):
+        raise ValueError(f"fit: expected clip None (no clipping) or a positive finite gradient "
+                         f"norm, got {clip!r}")
+
+
+def _all_finite(params):
+    return all(np.isfinite(p).all() for _, p, _ in params)
+
+
 def fit(flow, data, steps=1000, batch_size=256, lr=1e-3, rng=None, val_data=None,
         optimizer="adam", schedule="cosine", warmup=0, clip=100.0, eval_every=250,
-        progress=True):
+        keep_best=False, diverge=1e3, threads="auto", progress=True):
     r"""Train ``flow`` by maximum likelihood on ``data`` (N, D).
 
     Each step: take the next ``batch_size`` rows of ``data`` in a shuffled order (shuffled
@@ -47,8 +75,24 @@ def fit(flow, data, steps=1000, batch_size=256, lr=1e-3, rng=None, val_data=None
     the mean NLL and its gradients (``flow.loss_and_grad``), clip their global norm to
     ``clip``, take one optimizer step at the scheduled learning rate.
 
-    If the loss or the gradient norm is NaN or infinite, the parameters from before the last
-    step (the last ones with a finite loss) are put back and ``NonFiniteLossError`` is raised.
+    A diverging run stops: if the loss or the gradient norm is NaN or infinite, the
+    parameters are no longer finite, or the loss exceeds the lowest loss so far by more than
+    ``diverge`` nats, the parameters from before the step that did it are put back and
+    ``NonFiniteLossError`` is raised, saying so. Ctrl-C (``KeyboardInterrupt``) stops cleanly
+    too: the parameters of the last completed step are kept, ``history["interrupted"]`` is
+    True and ``fit`` returns.
+
+    Parameters
+    ----------
+    val_data : ndarray (M, D), optional
+        Its NLL is computed every ``eval_every`` steps.
+    keep_best : bool
+        With ``val_data``: at the end, put back the parameters with the lowest validation
+        NLL (small data sets overfit). ``history["best_step"]`` says which step that was.
+    threads : "auto", int or None
+        BLAS threads during training (``threads.blas_threads``): "auto" picks one thread for
+        small matrices, where several threads only wait on each other, and all cores for
+        large ones; None leaves the BLAS library's own setting.
 
     Returns
     -------
@@ -59,9 +103,9 @@ def fit(flow, data, steps=1000, batch_size=256, lr=1e-3, rng=None, val_data=None
     data = check_array(data, "fit (data)", flow.dim).astype(flow.dtype, copy=False)
     if val_data is not None:
         val_data = check_array(val_data, "fit (val_data)", flow.dim)
-    if int(steps) != steps or steps < 1 or int(batch_size) != batch_size or batch_size < 1:
-        raise ValueError(f"fit: expected positive integers for steps and batch_size, got "
-                         f"{steps!r} and {batch_size!r}")
+    _check_fit_arguments(steps, batch_size, lr, clip, eval_every, warmup, diverge)
+    if keep_best and val_data is None:
+        raise ValueError("fit: keep_best=True needs val_data to choose the best parameters")
     rng = np.random.default_rng() if rng is None else rng
     params = list(flow.parameters())
     if optimizer == "adam":
@@ -70,44 +114,94 @@ def fit(flow, data, steps=1000, batch_size=256, lr=1e-3, rng=None, val_data=None
         opt = SGD(params, lr=lr)
     else:
         raise ValueError(f"fit: expected optimizer 'adam' or 'sgd', got {optimizer!r}")
-    last_good = [p.copy() for _, p, _ in params]
-    history = {"loss": [], "step": [], "train_nll": [], "val_nll": []}
-    batch_size = min(int(batch_size), len(data))
+    with blas_threads(threads, flow, batch_size):
+        return _fit_loop(flow, data, params, opt, steps, min(int(batch_size), len(data)), lr,
+                         rng, val_data, schedule, warmup, clip, eval_every, keep_best, diverge,
+                         progress)
+
+
+def _fit_loop(flow, data, params, opt, steps, batch_size, lr, rng, val_data, schedule, warmup,
+              clip, eval_every, keep_best, diverge, progress):
+    last_good = [p.copy() for _, p, _ in params]  # the parameters before the current step
+    best = [p.copy() for _, p, _ in params] if keep_best else None
+    history = {"loss": [], "step": [], "train_nll": [], "val_nll": [], "interrupted": False}
+    lowest = math.inf
     order, start = rng.permutation(len(data)), 0
     bar = tqdm(range(int(steps)), disable=not progress, desc="NLL", leave=False)
-    for step in bar:
-        if start + batch_size > len(data):  # a pass is over: reshuffle
-            order, start = rng.permutation(len(data)), 0
-        batch = data[order[start:start + batch_size]]
-        start += batch_size
-        loss = flow.loss_and_grad(batch)
-        grad_norm = clip_grad_norm(params, clip)
-        if not (np.isfinite(loss) and np.isfinite(grad_norm)):
-            for (_, p, _), good in zip(params, last_good):
-                p[...] = good
-            bar.close()
-            raise NonFiniteLossError(
-                f"fit: the loss became {loss} (gradient norm {grad_norm}) at step {step}; "
-                f"stopped and restored the parameters of step {step - 1}. Try a smaller lr "
-                f"(now {lr}) or a tighter clip (now {clip}).")
+
+    def stop(step, why):
         for (_, p, _), good in zip(params, last_good):
-            np.copyto(good, p)
-        opt.lr = learning_rate(step, steps, lr, schedule, warmup)
-        opt.step()
-        history["loss"].append(loss)
-        if progress and (step + 1) % 25 == 0:  # the running NLL: mean of the last 25 batches
-            bar.set_postfix(nll=f"{np.mean(history['loss'][-25:]):.3f}", refresh=False)
-        if (step + 1) % eval_every == 0 or step + 1 == steps:
-            recent = history["loss"][-eval_every:]
-            history["step"].append(step + 1)
-            history["train_nll"].append(float(np.mean(recent)))
-            if val_data is not None:
-                history["val_nll"].append(nll(flow, val_data))
-                if progress:
-                    bar.write(f"step {step + 1}: train NLL {history['train_nll'][-1]:.4f}, "
-                              f"validation NLL {history['val_nll'][-1]:.4f}")
+            p[...] = good
+        bar.close()
+        kept = ("the initial parameters" if step == 0 else
+                f"the parameters of step {step}, the last with an acceptable loss")
+        raise NonFiniteLossError(
+            f"fit: training diverged at step {step + 1} of {steps}: {why}. Stopped and put "
+            f"back {kept}. Try a smaller learning rate (now {lr:g}) or a tighter gradient clip "
+            f"(now {clip}).")
+
+    try:
+        for step in bar:
+            if start + batch_size > len(data):  # a pass is over: reshuffle
+                order, start = rng.permutation(len(data)), 0
+            batch = data[order[start:start + batch_size]]
+            start += batch_size
+            try:
+                loss = flow.loss_and_grad(batch)
+            except ValueError:
+                # a layer refusing non-finite input: the last update broke the parameters
+                if _all_finite(params):
+                    raise
+                stop(step, "the parameters became non-finite")
+            grad_norm = clip_grad_norm(params, clip)
+            if not (np.isfinite(loss) and np.isfinite(grad_norm)):
+                stop(step, f"the loss became {loss} (gradient norm {grad_norm})")
+            if loss > lowest + diverge:
+                stop(step, f"the loss exploded to {loss:.4g}, {loss - lowest:.3g} nats above "
+                     f"its lowest value so far (the limit is diverge={diverge:g})")
+            lowest = min(lowest, loss)
+            for (_, p, _), good in zip(params, last_good):
+                np.copyto(good, p)
+            opt.lr = learning_rate(step, steps, lr, schedule, warmup)
+            opt.step()
+            history["loss"].append(loss)
+            if progress and (step + 1) % 25 == 0:  # the running NLL: mean of the last 25 batches
+                bar.set_postfix(nll=f"{np.mean(history['loss'][-25:]):.3f}", refresh=False)
+            if (step + 1) % eval_every == 0 or step + 1 == steps:
+                _evaluate(flow, history, step, eval_every, val_data, params, best, bar, progress)
+    except KeyboardInterrupt:
+        # Ctrl-C may land inside the optimizer's in-place update: go back to the last
+        # parameters that a whole step produced.
+        for (_, p, _), good in zip(params, last_good):
+            p[...] = good
+        history["interrupted"] = True
+        bar.write(f"interrupted after {len(history['loss'])} steps; keeping the parameters "
+                  "of the last completed step")
     bar.close()
+    if best is not None and history["val_nll"]:
+        for (_, p, _), b in zip(params, best):
+            p[...] = b
+        i = int(np.argmin(history["val_nll"]))
+        history["best_step"], history["best_val_nll"] = history["step"][i], history["val_nll"][i]
     return history
+
+
+def _evaluate(flow, history, step, eval_every, val_data, params, best, bar, progress):
+    """Record the training NLL since the last report and the validation NLL; remember the
+    parameters if they are the best so far."""
+    recent = history["loss"][-eval_every:]
+    history["step"].append(step + 1)
+    history["train_nll"].append(float(np.mean(recent)))
+    if val_data is None:
+        return
+    val = nll(flow, val_data)
+    if best is not None and (not history["val_nll"] or val < min(history["val_nll"])):
+        for (_, p, _), b in zip(params, best):
+            np.copyto(b, p)
+    history["val_nll"].append(val)
+    if progress:
+        bar.write(f"step {step + 1}: train NLL {history['train_nll'][-1]:.4f}, "
+                  f"validation NLL {val:.4f}")
 
 
 # ------------------------------------------------------------------ reverse KL (sampling direction)
@@ -131,13 +225,16 @@ def reverse_kl_loss_and_grad(flow, z, log_target, grad_log_target, beta=1.0):
         dL/dx = -beta * grad_log_target(x) / N,   dL/dlogdet = -1 / N
 
     (log p_Z(z) does not depend on the parameters: z is fixed.) With ``beta = 1`` and
-    ``log_target = -U``, L + log Z estimates KL(q || p) in nats. Returns L as a float; the
-    gradients are in ``grads``, filled by ``inverse_backward``.
+    ``log_target = -U``, L + log Z estimates KL(q || p) in nats. Returns L as a float (NaN,
+    with no gradients, if the flow maps some z to a non-finite x); the gradients are in
+    ``grads``, filled by ``inverse_backward``.
     """
     z = check_array(z, "reverse_kl_loss_and_grad (z)", flow.dim).astype(flow.dtype, copy=False)
     flow.zero_grad()
     n = z.shape[0]
     x, logdet, cache = flow.bijector.inverse(z)
+    if not (np.isfinite(x).all() and np.isfinite(logdet).all()):
+        return float("nan")  # the flow overflowed: let the caller's guard stop training
     loss = (flow.base.log_prob(z) - logdet - beta * log_target(x)).mean()
     dx = (-beta / n) * np.asarray(grad_log_target(x), dtype=x.dtype)
     flow.bijector.inverse_backward(dx, np.full(n, -1.0 / n, dtype=x.dtype), cache)

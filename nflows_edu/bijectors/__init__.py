@@ -1,8 +1,10 @@
 """Bijectors, one file per family."""
+from .autoregressive import IAF, MAF
 from .coupling import AdditiveCoupling, AffineCoupling, alternating_mask
 from .elementwise import Scaling
+from .normalization import BatchNorm
 from .permutation import Permutation, Reverse
 from .planar_radial import Planar, Radial
 
 __all__ = ["AdditiveCoupling", "AffineCoupling", "alternating_mask", "Scaling", "Permutation",
-           "Reverse", "Planar", "Radial"]
+           "Reverse", "MAF", "IAF", "BatchNorm", "Planar", "Radial"]

@@ -17,6 +17,23 @@ def alternating_mask(dim, parity=0):
     return ((np.arange(dim) + parity) % 2 == 0).astype(np.int64)
 
 
+def soft_bound(r, s_max):
+    r"""s = s_max * tanh(r / s_max): a log-scale bounded to (-s_max, s_max), s ~ r near 0.
+
+    The bound keeps one bad step from producing exp(s) = inf. Returns a new array.
+    (Shared by ``AffineCoupling`` and the autoregressive layers.)
+    """
+    s = r / s_max
+    np.tanh(s, out=s)
+    s *= s_max
+    return s
+
+
+def soft_bound_backward(ds, s, s_max):
+    r"""dr = ds * (1 - (s / s_max)^2), the VJP of ``soft_bound`` written with its output s."""
+    return ds * (1 - (s / s_max) ** 2)
+
+
 def _as_slice(idx):
     """``idx`` (sorted column indices) as a slice when they are evenly spaced, else ``idx``.
 
@@ -131,13 +148,10 @@ class AffineCoupling(_Coupling):
     def _scale_shift(self, inputs_a):
         out, net_cache = self.net._forward(inputs_a)  # inputs checked by the caller
         nb = self.idx_b.size
-        s = out[:, :nb] / self.s_max  # s = s_max * tanh(r / s_max), in this one new array
-        np.tanh(s, out=s)
-        s *= self.s_max
-        return s, out[:, nb:], net_cache
+        return soft_bound(out[:, :nb], self.s_max), out[:, nb:], net_cache
 
     def _net_backward(self, ds, dt, s, net_cache):
-        dr = ds * (1 - (s / self.s_max) ** 2)
+        dr = soft_bound_backward(ds, s, self.s_max)
         return self.net.backward(np.concatenate([dr, dt], axis=1), net_cache)
 
     def forward(self, x):

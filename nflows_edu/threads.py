@@ -1,0 +1,57 @@
+r"""How many threads the BLAS library (OpenBLAS, MKL) may use for the matrix products.
+
+A training step on 2-D data multiplies matrices of a few hundred rows by 64 columns. Split
+over several threads, each piece takes microseconds and the threads spend their time waiting
+for each other; on a machine that other programs also load (a shared JupyterHub, a laptop
+with a browser open) a waiting thread that has lost its core makes the whole product wait,
+and a multi-threaded step can be many times slower than a single-threaded one. Large
+products do gain from more threads. ``blas_threads`` picks one or the other from the size
+of the largest product, using ``threadpoolctl`` (the package scikit-learn uses for the same
+problem) to change the setting for a ``with`` block only.
+"""
+import contextlib
+
+from threadpoolctl import threadpool_limits
+
+# Multiply-adds in the largest product of a training step below which one thread is used.
+# Measured on the 2-core development machine while other processes loaded it, two threads
+# against one: 512 x 64 x 64 (3.4e6, a 2-D RealNVP step) 0.24x as fast in float64;
+# 256 x 512 x 512 (6.7e7, the D = 64 benchmark) 0.46x in float64 and 0.24x in float32. Only
+# products well beyond that, on a machine with cores to spare, gain from more threads.
+SMALL_PRODUCT = 1 << 27
+
+
+def largest_product(flow, batch_size):
+    """Multiply-adds of the largest ``(batch, n_in) @ (n_in, n_out)`` product among the
+    flow's 2-D weight matrices, for a batch of ``batch_size``."""
+    sizes = [p.shape[0] * p.shape[1] for _, p, _ in flow.parameters() if p.ndim == 2]
+    return batch_size * max(sizes, default=0)
+
+
+def choose_threads(threads, flow=None, batch_size=None):
+    """The thread count ``blas_threads`` would use: an int, or None for the library default.
+
+    ``threads`` is "auto" (1 for small products, else None), a positive int, or None.
+    """
+    if threads == "auto":
+        if flow is None or batch_size is None:
+            return None
+        return 1 if largest_product(flow, batch_size) < SMALL_PRODUCT else None
+    if threads is None:
+        return None
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"blas_threads: expected 'auto', None or a positive integer, "
+                         f"got {threads!r}")
+    return threads
+
+
+@contextlib.contextmanager
+def blas_threads(threads="auto", flow=None, batch_size=None):
+    """``with blas_threads(1): ...`` runs the block with one BLAS thread (see the module
+    docstring); ``"auto"`` chooses from ``flow``'s largest product at ``batch_size``."""
+    n = choose_threads(threads, flow, batch_size)
+    if n is None:
+        yield None
+        return
+    with threadpool_limits(limits=n, user_api="blas"):
+        yield n

@@ -1,0 +1,103 @@
+"""train.fit: what a diverging, interrupted or mis-configured run does."""
+import numpy as np
+import pytest
+
+from nflows_edu import datasets, models, threads, train
+
+
+def _data(rng, n=4000):
+    return datasets.toy("8gaussians", n, rng)
+
+
+@pytest.mark.parametrize("build", [models.nice, models.realnvp])
+def test_huge_learning_rate_stops_and_restores_usable_parameters(build, rng):
+    flow = build(2, n_layers=2, hidden=(16,), rng=rng)
+    data = _data(rng)
+    with pytest.raises(train.NonFiniteLossError, match="diverged at step"):
+        train.fit(flow, data, steps=300, batch_size=128, lr=1e4, rng=rng, progress=False)
+    assert all(np.isfinite(p).all() for _, p, _ in flow.parameters())
+    assert np.isfinite(flow.log_prob(data)).all()
+
+
+def test_step_zero_message_names_the_initial_parameters(rng):
+    flow = models.realnvp(2, n_layers=2, hidden=(8,), rng=rng)
+    flow.loss_and_grad = lambda x: float("nan")
+    with pytest.raises(train.NonFiniteLossError, match="initial parameters"):
+        train.fit(flow, _data(rng), steps=5, progress=False)
+
+
+def test_finite_but_exploding_loss_is_divergence(rng):
+    flow = models.realnvp(2, n_layers=2, hidden=(8,), rng=rng)
+    real = flow.loss_and_grad
+    losses = iter([3.0, 2.9, 2.8, 5e3, 2.0, 2.0])
+    flow.loss_and_grad = lambda x: (real(x), next(losses))[1]
+    with pytest.raises(train.NonFiniteLossError, match="step 4 .*exploded"):
+        train.fit(flow, _data(rng), steps=6, progress=False)
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(lr=float("nan")), "lr"), (dict(lr=float("inf")), "lr"), (dict(lr=-1e-3), "lr"),
+    (dict(lr=0), "lr"), (dict(clip=-1), "clip"), (dict(clip=float("nan")), "clip"),
+    (dict(eval_every=0), "eval_every"), (dict(steps=0), "steps"), (dict(steps=2.5), "steps"),
+    (dict(batch_size=0), "batch_size"), (dict(warmup=-1), "warmup"),
+    (dict(diverge=0), "diverge"), (dict(keep_best=True), "val_data"),
+    (dict(threads=0), "threads"), (dict(threads="many"), "threads"),
+])
+def test_fit_refuses_bad_arguments(kwargs, words, rng):
+    flow = models.realnvp(2, n_layers=2, hidden=(8,), rng=rng)
+    before = [p.copy() for _, p, _ in flow.parameters()]
+    with pytest.raises(ValueError, match=words):
+        train.fit(flow, _data(rng, 200), steps=kwargs.pop("steps", 3), progress=False, **kwargs)
+    assert all(np.array_equal(a, p) for a, (_, p, _) in zip(before, flow.parameters()))
+
+
+def test_keep_best_restores_the_best_validation_parameters(rng):
+    flow = models.realnvp(2, n_layers=2, hidden=(16,), rng=rng)
+    data, val = _data(rng, 2000), _data(rng, 500)
+    snapshots = {}
+    real = train._evaluate
+
+    def spy(flow_, history, step, *args):
+        real(flow_, history, step, *args)
+        snapshots[step + 1] = [p.copy() for _, p, _ in flow_.parameters()]
+
+    train._evaluate = spy
+    try:
+        h = train.fit(flow, data, steps=60, batch_size=64, lr=3e-2, rng=rng, val_data=val,
+                      eval_every=10, keep_best=True, progress=False)
+    finally:
+        train._evaluate = real
+    best = h["step"][int(np.argmin(h["val_nll"]))]
+    assert h["best_step"] == best and h["best_val_nll"] == min(h["val_nll"])
+    for kept, (_, p, _) in zip(snapshots[best], flow.parameters()):
+        np.testing.assert_array_equal(kept, p)
+    assert train.nll(flow, val) == pytest.approx(min(h["val_nll"]), rel=1e-12)
+
+
+def test_ctrl_c_keeps_the_last_completed_step(rng):
+    flow = models.realnvp(2, n_layers=2, hidden=(8,), rng=rng)
+    real = flow.loss_and_grad
+    calls = {"n": 0}
+
+    def interrupted(x):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(x)
+
+    flow.loss_and_grad = interrupted
+    h = train.fit(flow, _data(rng), steps=10, progress=False)
+    assert h["interrupted"] and len(h["loss"]) == 3
+    assert np.isfinite(flow.log_prob(_data(rng, 10))).all()
+
+
+def test_auto_threads_choose_one_thread_for_small_products(rng):
+    small = models.realnvp(2, hidden=(64, 64), rng=rng)
+    big = models.realnvp(64, hidden=(1024, 1024), rng=rng)
+    assert threads.choose_threads("auto", small, 512) == 1
+    assert threads.choose_threads("auto", big, 512) is None
+    assert threads.choose_threads(3) == 3 and threads.choose_threads(None) is None
+    with threads.blas_threads(1) as n:
+        from threadpoolctl import threadpool_info
+        assert n == 1
+        assert all(p["num_threads"] == 1 for p in threadpool_info() if p["user_api"] == "blas")
