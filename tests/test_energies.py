@@ -34,7 +34,7 @@ def test_energies_match_the_paper_formulas(rng):
 @pytest.mark.parametrize("name", datasets.ENERGY_NAMES)
 def test_log_z_is_converged_on_its_grid(name):
     default = datasets.energy_log_z(name)
-    assert abs(datasets.energy_log_z(name, n=1000) - default) <= 1e-12  # wall on a cell edge
+    assert abs(datasets.energy_log_z(name, n=2000) - default) <= 1e-12  # wall on a cell edge
     assert abs(datasets.energy_log_z(name, n=1600, lim=9.0) - default) <= 1e-7  # wall inside
 
 
