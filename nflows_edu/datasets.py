@@ -26,7 +26,8 @@ from functools import lru_cache
 import numpy as np
 from scipy.special import logsumexp
 
-__all__ = ["TOY_NAMES", "toy", "toy_log_prob", "toy_entropy", "kl_from_nll"]
+__all__ = ["TOY_NAMES", "toy", "toy_log_prob", "toy_entropy", "kl_from_nll", "digits",
+           "bits_per_dim"]
 
 TOY_NAMES = ("moons", "circles", "8gaussians", "checkerboard", "2spirals",
              "pinwheel", "rings")
@@ -300,6 +301,70 @@ def kl_from_nll(name, nll):
     """
     _check_name(name, "kl_from_nll", allowed=_CLOSED_FORM_NAMES)
     return float(nll) - toy_entropy(name)
+
+
+# ---------------------------------------------------------------- 8x8 digits
+DIGITS_LEVELS = 17  # pixel values 0..16
+_DIGITS_SPLITS = {"train": 0, "validation": 1, "test": 2}
+
+
+@lru_cache(maxsize=1)
+def _digits_arrays():
+    from pathlib import Path
+    with np.load(Path(__file__).parent / "data" / "digits.npz", allow_pickle=False) as f:
+        return f["images"], f["labels"], f["split"]
+
+
+def digits(split="train", labels=False):
+    r"""The 8x8 handwritten digits (UCI "Optical Recognition of Handwritten Digits",
+    Alpaydin and Kaynak 1998, CC BY 4.0; see ``nflows_edu/data/README.md``).
+
+    1,797 images of 64 pixels, each an integer 0..16, with a fixed split: 1,257 train,
+    270 validation, 270 test images (the same on every machine: stored in the file).
+
+    Parameters
+    ----------
+    split : {"train", "validation", "test", "all"}
+    labels : bool, also return the digits shown
+
+    Returns
+    -------
+    x : ndarray (N, 64) float64 of integers 0..16 (row-major 8x8 images); with ``labels``,
+        ``(x, y)`` with y (N,) int64.
+
+    Examples
+    --------
+    >>> [digits(s).shape[0] for s in ("train", "validation", "test")]
+    [1257, 270, 270]
+    """
+    images, digit, which = _digits_arrays()
+    if split == "all":
+        keep = np.ones(len(images), dtype=bool)
+    elif split in _DIGITS_SPLITS:
+        keep = which == _DIGITS_SPLITS[split]
+    else:
+        raise ValueError(f"digits: expected split 'train', 'validation', 'test' or 'all', got "
+                         f"{split!r}")
+    x = images[keep].astype(np.float64)
+    return (x, digit[keep].astype(np.int64)) if labels else x
+
+
+def bits_per_dim(nll, dim):
+    r"""Convert a mean NLL in nats per example into bits per dimension:
+
+        bits/dim = NLL / (D log 2)
+
+    For pixels, ``nll`` must be the NLL of the *dequantised* pixels v = x + u in their own
+    units (a density on [0, L)^D, as ``models.maf(..., pixel_levels=L)`` gives); it then
+    bounds the discrete model's bits per dimension from above. The uniform model, density
+    L^-D on [0, L)^D, scores exactly log2(L): 4.087 bits for the 17 grey levels of digits.
+
+    Examples
+    --------
+    >>> round(float(bits_per_dim(64 * np.log(17), 64)), 12)  # the uniform model: log2(17)
+    4.087462841250
+    """
+    return float(nll) / (int(dim) * np.log(2))
 
 
 # =================================================================================================

@@ -18,14 +18,16 @@ one). ``maf_inverse`` computes the same numbers in about the cost of ONE pass:
   degree d feeds only the units of degree >= d of the next hidden layer (> d for the
   outputs), a contiguous range of columns, and the zero blocks are never touched;
 * the batch is processed in tiles of ``TILE`` examples, so each weight row loaded from memory
-  is used for ``TILE`` examples before the next one; tiles run in parallel (``prange``).
+  is used for ``TILE`` examples before the next one. (Tiles could run in parallel with
+  ``prange``; measured on a 2-core machine it did not pay: 2 threads took 1.5-4x longer
+  than one, see benchmarks/autoregressive.py, so the loop over tiles is serial.)
 
 So every (unmasked) weight is used once per example, as in one forward pass of the MADE.
 Compiled with ``cache=True``: the first call in a fresh environment compiles (seconds; see
 the README); later processes load the compiled code from ``__pycache__``.
 """
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .nn import LeakyReLU, MaskedLinear, ReLU, Tanh
 
@@ -120,82 +122,102 @@ def _activate(v, act, leak):
 
 
 @njit(cache=True)
-def _add_row(buf, dst, width, c0, c1, n_rows, v, w, w_row):
-    r"""buf[dst + t * width + c] += v[t] * w[w_row + c] for c in c0..c1-1, t < n_rows: one
-    unit's contribution to a contiguous block of the next layer, for every example of a tile.
+def _feed(buf, src, src_width, j0, j1, dst, width, c0, c1, rows, w, w_base):
+    r"""Add units j0..j1-1 of one layer into columns c0..c1-1 of the next, for every example
+    of the tile:
+
+        buf[dst + t * width + c] += sum_j buf[src + t * src_width + j] * w[w_base + j * width + c]
+
+    Four units at a time, so each pre-activation is loaded and stored once per four weights
+    rather than once per weight (2-3x faster: the loop was bound by those loads and stores).
     """
-    for t in range(n_rows):
-        vt = v[t]
-        row = dst + t * width
-        for c in range(c0, c1):
-            buf[row + c] += vt * w[w_row + c]
+    m = c1 - c0
+    j = j0
+    while j < j1:
+        if j + 4 <= j1:
+            # views, and loops from 0: with loops from c0 over offset indices LLVM does not
+            # vectorize (numba's negative-index handling gets in the way): ~8x slower
+            w0 = w[w_base + j * width + c0:w_base + j * width + c1]
+            w1 = w[w_base + (j + 1) * width + c0:w_base + (j + 1) * width + c1]
+            w2 = w[w_base + (j + 2) * width + c0:w_base + (j + 2) * width + c1]
+            w3 = w[w_base + (j + 3) * width + c0:w_base + (j + 3) * width + c1]
+            for t in range(rows):
+                a = src + t * src_width + j
+                a0, a1, a2, a3 = buf[a], buf[a + 1], buf[a + 2], buf[a + 3]
+                row = buf[dst + t * width + c0:dst + t * width + c1]
+                for c in range(m):
+                    row[c] += a0 * w0[c] + a1 * w1[c] + a2 * w2[c] + a3 * w3[c]
+            j += 4
+        else:
+            w0 = w[w_base + j * width + c0:w_base + j * width + c1]
+            for t in range(rows):
+                a0 = buf[src + t * src_width + j]
+                row = buf[dst + t * width + c0:dst + t * width + c1]
+                for c in range(m):
+                    row[c] += a0 * w0[c]
+            j += 1
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def _maf_inverse_kernel(z, order, sizes, lo, w, w_off, b, b_off, act, leak, s_max, tile):
     n, dim = z.shape
     n_layers = sizes.shape[0]  # input, hidden layers, output
     out_layer = n_layers - 1
     x = np.empty_like(z)
     logdet = np.zeros(n, dtype=z.dtype)
-    # unit offsets of each non-input layer inside one tile's pre-activation buffer
+    # offsets of each layer's units inside one tile's buffer (the input layer first)
     u_off = np.zeros(n_layers, dtype=np.int64)
-    for layer in range(2, n_layers):
+    for layer in range(1, n_layers):
         u_off[layer] = u_off[layer - 1] + sizes[layer - 1]
     n_units = u_off[out_layer] + sizes[out_layer]
     n_tiles = (n + tile - 1) // tile
-    for it in prange(n_tiles):
+    for it in range(n_tiles):
         t0 = it * tile
         rows = min(tile, n - t0)
-        # pre-activations of every layer after the input, [t, unit] per layer, start at b
-        buf = np.empty(rows * n_units, dtype=z.dtype)
+        # buf holds, per layer, a (rows, width) block: the inputs in generation order, then
+        # the pre-activations of every later layer (activated in place once final), from b
+        buf = np.zeros(rows * n_units, dtype=z.dtype)
         for layer in range(1, n_layers):
             width = sizes[layer]
             base = u_off[layer] * rows
             for t in range(rows):
                 for c in range(width):
                     buf[base + t * width + c] = b[b_off[layer - 1] + c]
-        v = np.empty(rows, dtype=z.dtype)
         out = u_off[out_layer] * rows
         for k in range(dim):
             d = k + 1  # the degree of the feature solved now
             i = order[k]
-            # mu and alpha of this feature are final: every unit they see has degree < d
+            # its mu and alpha are final: every unit they see has degree < d
             for t in range(rows):
                 mu = buf[out + t * 2 * dim + k]
                 alpha = s_max * np.tanh(buf[out + t * 2 * dim + dim + k] / s_max)
                 xi = z[t0 + t, i] * np.exp(alpha) + mu
                 x[t0 + t, i] = xi
                 logdet[t0 + t] += alpha
-                v[t] = xi
+                buf[t * dim + k] = xi
             if k == dim - 1:
                 break
-            # the input of degree d feeds units of degree >= d (outputs: > d)
-            _feed(buf, u_off, sizes, lo, w, w_off, 0, k, d, dim, rows, v, out_layer)
-            # hidden units of degree d are final now, layer by layer
-            for layer in range(1, out_layer):
+            # units of degree d, layer by layer: the input k, then every hidden unit of
+            # degree d (final now: all its inputs have degree <= d). Each feeds the units of
+            # degree >= d of the next hidden layer, or the outputs of degree > d (the
+            # outputs of generation rank r >= d), a contiguous block of columns.
+            for layer in range(out_layer):
+                j0 = k if layer == 0 else lo[layer, d]
+                j1 = k + 1 if layer == 0 else lo[layer, d + 1]
                 width = sizes[layer]
-                base = u_off[layer] * rows
-                for j in range(lo[layer, d], lo[layer, d + 1]):
+                src = u_off[layer] * rows
+                if layer > 0:
                     for t in range(rows):
-                        h = _activate(buf[base + t * width + j], act, leak)
-                        buf[base + t * width + j] = h
-                        v[t] = h
-                    _feed(buf, u_off, sizes, lo, w, w_off, layer, j, d, dim, rows, v,
-                          out_layer)
+                        for j in range(j0, j1):
+                            a = src + t * width + j
+                            buf[a] = _activate(buf[a], act, leak)
+                nxt = layer + 1
+                dst = u_off[nxt] * rows
+                if nxt == out_layer:
+                    _feed(buf, src, width, j0, j1, out, 2 * dim, d, dim, rows, w, w_off[layer])
+                    _feed(buf, src, width, j0, j1, out, 2 * dim, dim + d, 2 * dim, rows, w,
+                          w_off[layer])
+                else:
+                    _feed(buf, src, width, j0, j1, dst, sizes[nxt], lo[nxt, d], sizes[nxt],
+                          rows, w, w_off[layer])
     return x, logdet
-
-
-@njit(cache=True)
-def _feed(buf, u_off, sizes, lo, w, w_off, layer, j, d, dim, rows, v, out_layer):
-    r"""Add unit j (degree d) of ``layer``, whose values over the tile are ``v``, into the
-    pre-activations of the next layer, skipping the columns its mask zeroes."""
-    nxt = layer + 1
-    width = sizes[nxt]
-    dst = u_off[nxt] * rows
-    w_row = w_off[layer] + j * width
-    if nxt == out_layer:  # outputs of generation rank r have degree r + 1 > d: r >= d
-        _add_row(buf, dst, width, d, dim, rows, v, w, w_row)
-        _add_row(buf, dst, width, dim + d, 2 * dim, rows, v, w, w_row)
-    else:
-        _add_row(buf, dst, width, lo[nxt, d], width, rows, v, w, w_row)

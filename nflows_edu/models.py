@@ -5,8 +5,8 @@ rebuild the same architecture and then copy the saved parameters into it.
 """
 import numpy as np
 
-from .bijectors import (IAF, MAF, AdditiveCoupling, AffineCoupling, BatchNorm, Scaling,
-                        alternating_mask)
+from .bijectors import (IAF, MAF, AdditiveCoupling, AffineCoupling, BatchNorm, Logit, Scaling,
+                        ScaleToUnit, alternating_mask)
 from .core import Chain, Flow
 from .distributions import StandardLogistic, StandardNormal
 
@@ -53,12 +53,15 @@ def realnvp(dim, n_layers=8, hidden=(64, 64), activation="relu", s_max=3.0, rng=
     return Flow(Chain(layers), StandardNormal(dim, dtype), config)
 
 
-def _autoregressive(cls, name, dim, n_layers, hidden, activation, s_max, batch_norm, rng, dtype):
+def _autoregressive(cls, name, dim, n_layers, hidden, activation, s_max, batch_norm,
+                    pixel_levels, logit_alpha, rng, dtype):
     if int(dim) != dim or dim < 2:
         raise ValueError(f"{name}: expected dim >= 2, got {dim!r}")
     dim = int(dim)
     rng = np.random.default_rng() if rng is None else rng
     layers = []
+    if pixel_levels is not None:  # dequantised pixels in [0, L) -> (0, 1) -> logit
+        layers += [ScaleToUnit(dim, pixel_levels), Logit(dim, logit_alpha)]
     for k in range(n_layers):
         layers.append(cls(dim, hidden, ("natural", "reversed")[k % 2], activation, s_max,
                           rng=rng, dtype=dtype))
@@ -66,12 +69,12 @@ def _autoregressive(cls, name, dim, n_layers, hidden, activation, s_max, batch_n
             layers.append(BatchNorm(dim, dtype=dtype))
     config = dict(model=name, dim=dim, n_layers=n_layers, hidden=list(hidden),
                   activation=activation, s_max=s_max, batch_norm=bool(batch_norm),
-                  dtype=np.dtype(dtype).name)
+                  pixel_levels=pixel_levels, logit_alpha=logit_alpha, dtype=np.dtype(dtype).name)
     return Flow(Chain(layers), StandardNormal(dim, dtype), config)
 
 
 def maf(dim, n_layers=5, hidden=(256, 256), activation="relu", s_max=3.0, batch_norm=False,
-        rng=None, dtype=np.float64):
+        pixel_levels=None, logit_alpha=0.05, rng=None, dtype=np.float64):
     r"""MAF (Papamakarios, Pavlakou, Murray 2017, arXiv:1705.07057).
 
     ``n_layers`` MAF layers (one MADE each) whose order alternates between natural and
@@ -82,20 +85,24 @@ def maf(dim, n_layers=5, hidden=(256, 256), activation="relu", s_max=3.0, batch_
 
     Density (forward) is one MADE pass per layer; sampling (inverse) is sequential over the
     features, done by the Numba kernel in ``nflows_edu.kernels``.
+
+    With ``pixel_levels = L`` the flow models dequantised pixels v in [0, L)^D (see
+    ``bijectors.preprocess``): ``ScaleToUnit(L)`` and ``Logit(logit_alpha)`` come first, so
+    ``log_prob(v)`` is the density of v itself and ``sample`` returns pixel values.
     """
     return _autoregressive(MAF, "maf", dim, n_layers, hidden, activation, s_max, batch_norm,
-                           rng, dtype)
+                           pixel_levels, logit_alpha, rng, dtype)
 
 
 def iaf(dim, n_layers=5, hidden=(256, 256), activation="relu", s_max=3.0, batch_norm=False,
-        rng=None, dtype=np.float64):
+        pixel_levels=None, logit_alpha=0.05, rng=None, dtype=np.float64):
     r"""IAF (Kingma et al. 2016, arXiv:1606.04934): ``maf``'s architecture with every layer
     an ``IAF`` (``Inverse(MAF)``): sampling is one MADE pass per layer, the density of a
     given point is sequential. Its forward direction has no VJP, so it is trained in the
     sampling direction (reverse KL), not by maximum likelihood.
     """
     return _autoregressive(IAF, "iaf", dim, n_layers, hidden, activation, s_max, batch_norm,
-                           rng, dtype)
+                           pixel_levels, logit_alpha, rng, dtype)
 
 
 MODELS = {"nice": nice, "realnvp": realnvp, "maf": maf, "iaf": iaf}

@@ -5,6 +5,8 @@ from .elementwise import Scaling
 from .normalization import BatchNorm
 from .permutation import Permutation, Reverse
 from .planar_radial import Planar, Radial
+from .preprocess import Logit, ScaleToUnit, dequantize
 
 __all__ = ["AdditiveCoupling", "AffineCoupling", "alternating_mask", "Scaling", "Permutation",
-           "Reverse", "MAF", "IAF", "BatchNorm", "Planar", "Radial"]
+           "Reverse", "MAF", "IAF", "BatchNorm", "Logit",
+           "ScaleToUnit", "dequantize", "Planar", "Radial"]
