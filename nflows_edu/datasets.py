@@ -362,7 +362,7 @@ def bits_per_dim(nll, dim):
     Examples
     --------
     >>> round(float(bits_per_dim(64 * np.log(17), 64)), 12)  # the uniform model: log2(17)
-    4.087462841250
+    4.08746284125
     """
     return float(nll) / (int(dim) * np.log(2))
 
