@@ -331,7 +331,7 @@ def add_table_parser(sub):
     ta.add_argument("--hidden", type=hidden_sizes, default=table.FULL["hidden"],
                     help="hidden widths of every network (default 256,256)")
     ta.add_argument("--repeats", type=positive_int, default=table.FULL["repeats"],
-                    help="timed calls per measurement, the fastest is kept (default 3)")
+                    help="timed calls per measurement, the fastest is kept (default 5)")
     ta.add_argument("--dtype", choices=("float64", "float32"), default="float64")
     ta.add_argument("--fast", action="store_true",
                     help="tiny sizes (D = 4, 8; N = 64; hidden 8,8; 1 repeat): checks that "
