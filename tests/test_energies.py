@@ -54,9 +54,11 @@ def test_energy_rejects_bad_input():
         datasets.energy("U5", np.zeros((3, 2)))
 
 
-@pytest.mark.parametrize("model", ["planar", "radial"])
+@pytest.mark.parametrize("model", ["planar", "radial", "iaf"])
 def test_reverse_kl_gradient_matches_central_differences(rng, model):
-    flow = gradcheck.randomize_parameters(nf.models.MODELS[model](2, 3, rng=rng), rng, 0.3)
+    kwargs = dict(hidden=(6,), activation="tanh") if model == "iaf" else {}
+    flow = nf.models.MODELS[model](2, 3, rng=rng, **kwargs)
+    gradcheck.randomize_parameters(flow, rng, 0.3)
     log_target, grad_log_target = datasets.energy_target("U3")
     z = rng.standard_normal((6, 2))
     train.reverse_kl_loss_and_grad(flow, z, log_target, grad_log_target, beta=0.7)
