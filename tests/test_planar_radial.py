@@ -92,3 +92,15 @@ def test_flow_density_integrates_to_one(rng):
     for model in ("planar", "radial"):
         flow = gradcheck.randomize_parameters(nf.models.MODELS[model](2, 4, rng=rng), rng, 0.3)
         assert abs(grid_integral(flow, lim=8.0, n=300) - 1) < 1e-3
+
+
+def test_planar_solver_converges_where_newton_alone_cycles():
+    """Newton on a + m tanh(a) = s cycles between the two arms of the S for large m (here
+    m = 14.47, s = -13.12 went 1.35 -> -4.81 -> 1.33 -> -4.60 ...); the safeguard must not."""
+    layer = Planar(2, rng=np.random.default_rng(0))
+    m_values = np.array([-1 + 1e-6, -0.9, -0.3, 0.0, 0.5, 3.0, 14.472543791415848, 50.0])
+    s = np.linspace(-80, 80, 4001)
+    s[0] = -13.12056194901228
+    for m in m_values:
+        a = layer._solve(s.copy(), m)
+        assert np.abs(a + m * np.tanh(a) - s).max() <= 1e-12 * (1 + np.abs(s).max()), m
