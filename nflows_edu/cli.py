@@ -14,6 +14,7 @@ whose loss became NaN). Those are reported as one line ``nflows-edu: error: ...`
 without a traceback; anything else is a bug and keeps its traceback.
 """
 import argparse
+import inspect
 import json
 import math
 import os
@@ -176,6 +177,8 @@ def run_training(model, data, steps, batch_size, lr, out, seed=0, n_layers=None,
     rng = np.random.default_rng(seed)
     x = datasets.toy(data, N_TRAIN, rng)
     kwargs = dict(hidden=hidden, rng=rng, dtype=np.dtype(dtype))
+    if "hidden" not in inspect.signature(models.MODELS[model]).parameters:
+        del kwargs["hidden"]  # planar and radial layers have no network
     if n_layers is not None:
         kwargs["n_layers"] = n_layers
     flow = models.MODELS[model](2, **kwargs)

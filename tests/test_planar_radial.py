@@ -104,3 +104,12 @@ def test_planar_solver_converges_where_newton_alone_cycles():
     for m in m_values:
         a = layer._solve(s.copy(), m)
         assert np.abs(a + m * np.tanh(a) - s).max() <= 1e-12 * (1 + np.abs(s).max()), m
+
+
+def test_train_cli_builds_planar_and_radial_without_hidden_sizes(tmp_path):
+    from nflows_edu import cli
+    for model in ("planar", "radial"):
+        out = tmp_path / model
+        assert cli.main(["train", "--model", model, "--data", "moons", "--steps", "3",
+                         "--out", str(out), "--no-progress"]) == 0
+        assert (out / "model.npz").exists()

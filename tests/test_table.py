@@ -41,3 +41,4 @@ def test_table_families_train_in_a_direction_they_can():
         flow = family.build(3, rng, (4,), np.float64)
         assert family.trains in flow.bijector.vjps, family.name
         assert set(family.passes) == set(table.OPERATIONS)
+
