@@ -17,17 +17,21 @@ import numpy as np
 
 
 def check_array(x, where, dim=None):
-    r"""Return ``x`` as an array after checking it is a finite, non-empty ``(N, dim)`` batch.
+    r"""Return ``x`` as an array after checking it is a finite, non-empty ``(N, dim)`` batch of
+    real numbers (floats; integers and booleans are converted to float64).
 
     Raises ``ValueError`` naming ``where`` (the layer or function) and what it expected.
     """
     x = np.asarray(x)
     expected = f"(N, {dim})" if dim is not None else "(N, D)"
+    if x.dtype.kind not in "fiub":  # complex, datetime, strings, objects
+        raise ValueError(f"{where}: expected real numbers (a float or integer array), got "
+                         f"dtype {x.dtype}")
     if x.ndim != 2 or (dim is not None and x.shape[1] != dim):
         raise ValueError(f"{where}: expected an array of shape {expected}, got shape {x.shape}")
     if x.shape[0] == 0:
         raise ValueError(f"{where}: expected a non-empty batch of shape {expected}, got N = 0")
-    if x.dtype.kind != "f":  # not floating point (cheaper to ask than np.issubdtype)
+    if x.dtype.kind != "f":
         x = x.astype(np.float64)
     if not np.isfinite(x).all():
         raise ValueError(f"{where}: expected finite values, got NaN or inf")
@@ -128,7 +132,27 @@ class Module:
             if value.shape != target.shape:
                 raise ValueError(f"{type(self).__name__}.load_state_dict: {name} has shape "
                                  f"{value.shape}, expected {target.shape}")
-            target[...] = value
+        backup = self.state_dict()
+        for name, target in own.items():
+            target[...] = state[name]
+        try:
+            for module in self.modules():
+                module.check_state()
+        except ValueError:
+            for name, target in own.items():
+                target[...] = backup[name]
+            raise
+
+    def modules(self):
+        """Yield this module and every sub-module."""
+        yield self
+        for _, child in self.children():
+            yield from child.modules()
+
+    def check_state(self):
+        """Raise ``ValueError`` if the loaded parameters and buffers do not make a valid module
+        (a coupling's mask that its net cannot take); ``load_state_dict`` then undoes the load.
+        """
 
 
 class Bijector(Module):
@@ -287,7 +311,14 @@ class Flow(Module):
         self.dtype = next((p.dtype for _, p, _ in self.parameters()), np.dtype(np.float64))
 
     def _input(self, x, where):
-        return check_array(x, f"Flow.{where}", self.dim).astype(self.dtype, copy=False)
+        x = check_array(x, f"Flow.{where}", self.dim)
+        with np.errstate(over="ignore"):  # checked on the next line, with a better message
+            cast = x.astype(self.dtype, copy=False)
+        if not np.isfinite(cast).all():  # finite in float64, beyond the flow's dtype
+            raise ValueError(f"Flow.{where}: values beyond the range of this {self.dtype} flow "
+                             f"(largest {np.finfo(self.dtype).max:.3g}); got up to "
+                             f"{np.abs(x).max():.3g}")
+        return cast
 
     def log_prob(self, x):
         """log p(x) for x (N, D) -> (N,)."""
@@ -296,10 +327,20 @@ class Flow(Module):
         return self.base.log_prob(z) + logdet
 
     def sample(self, n, rng=None):
-        """n samples x = f^{-1}(z) with z ~ p_Z -> (n, D)."""
-        if int(n) != n or n < 1:
-            raise ValueError(f"Flow.sample: expected a positive number of samples, got {n!r}")
-        rng = np.random.default_rng() if rng is None else rng
+        """n samples x = f^{-1}(z) with z ~ p_Z -> (n, D).
+
+        ``rng`` is a ``numpy.random.Generator`` (``np.random.default_rng(seed)``), or None for
+        fresh entropy.
+        """
+        if (isinstance(n, bool) or not isinstance(n, (int, np.integer, float, np.floating))
+                or not np.isfinite(n) or int(n) != n or n < 1):
+            raise ValueError(f"Flow.sample: expected a positive whole number of samples, "
+                             f"got {n!r}")
+        if rng is None:
+            rng = np.random.default_rng()
+        elif not isinstance(rng, np.random.Generator):
+            raise ValueError(f"Flow.sample: expected rng to be a numpy.random.Generator, such "
+                             f"as np.random.default_rng(7), got {rng!r}")
         z = self.base.sample(int(n), rng).astype(self.dtype, copy=False)
         x, _, _ = self.bijector.inverse(z)
         return x

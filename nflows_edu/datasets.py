@@ -24,7 +24,6 @@ Examples
 from functools import lru_cache
 
 import numpy as np
-from scipy.special import logsumexp
 
 __all__ = ["TOY_NAMES", "toy", "toy_log_prob", "toy_entropy", "kl_from_nll", "digits",
            "bits_per_dim"]
@@ -232,6 +231,7 @@ def toy_log_prob(name, x):
     if name == "8gaussians":
         s2 = _G8_STD ** 2
         d2 = np.sum((x[:, None, :] - _G8_CENTERS[None]) ** 2, axis=-1)
+        from scipy.special import logsumexp  # here, not at the top: scipy is slow to import
         return (logsumexp(-d2 / (2 * s2), axis=1)
                 - np.log(8) - np.log(2 * np.pi * s2))
 
@@ -518,6 +518,7 @@ def energy_log_z(name, n=_LOG_Z_N, lim=_LOG_Z_LIM):
 
 @lru_cache(maxsize=None)
 def _energy_log_z(name, n, lim):
+    from scipy.special import logsumexp
     h = 2 * lim / n
     centres = -lim + h * (np.arange(n) + 0.5)
     total = []

@@ -36,21 +36,81 @@ def save(flow, path, overwrite=False):
     return path
 
 
+def _integers(value):
+    """Every integer in a JSON value (lists and dicts searched), booleans excluded."""
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [i for v in value for i in _integers(v)]
+    if isinstance(value, dict):
+        return [i for v in value.values() for i in _integers(v)]
+    return []
+
+
+def _check_config(config, arrays, path):
+    r"""Refuse a config that could not have come with these arrays, before building anything.
+
+    A config is a description of sizes, and every size a model has shows in its arrays: no
+    integer in it (a width, a dim, a layer count) can exceed both the number of stored arrays
+    and the largest dimension of any of them. That keeps a doctored file (``hidden`` of 1e7)
+    from allocating gigabytes.
+    """
+    if not isinstance(config, dict) or config.get("model") not in models.MODELS:
+        raise ValueError(f"load: {path}: field 'model' must be one of {sorted(models.MODELS)}, "
+                         f"got {config.get('model') if isinstance(config, dict) else config!r}")
+    if config.get("dtype", "float64") not in ("float32", "float64"):
+        raise ValueError(f"load: {path}: field 'dtype' must be 'float32' or 'float64', got "
+                         f"{config.get('dtype')!r}")
+    bound = max([len(arrays)] + [max(a.shape, default=1) for a in arrays.values()])
+    for key, value in config.items():
+        if any(i < 0 or i > bound for i in _integers(value)):
+            raise ValueError(f"load: {path}: field {key!r} = {value!r} does not fit the stored "
+                             f"arrays (sizes at most {bound})")
+
+
+def _check_arrays(flow, arrays, path):
+    """Refuse stored arrays of the wrong kind or with non-finite values, naming the array."""
+    expected = {name: p for name, p, _ in flow.parameters()}
+    expected.update(dict(flow.named_buffers()))
+    for name, value in arrays.items():
+        target = expected.get(name)
+        if target is None:
+            continue  # load_state_dict names unexpected arrays
+        if value.dtype.kind != target.dtype.kind or (value.dtype.kind == "f"
+                                                     and value.dtype != target.dtype):
+            raise ValueError(f"load: {path}: array {name!r} has dtype {value.dtype}, expected "
+                             f"{target.dtype}")
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            raise ValueError(f"load: {path}: array {name!r} has NaN or infinite values")
+
+
 def load(path):
     r"""Rebuild the flow saved at ``path``; its ``log_prob`` and ``sample`` match the saved one's
-    exactly.
+    exactly. ``path`` may be a directory holding ``model.npz`` (what ``nflows-edu train``
+    writes).
 
-    Raises ``FileNotFoundError`` if there is no such file and ``ValueError`` if it is not an
-    nflows_edu model (not an npz, no config, missing or misshapen arrays).
+    Raises ``FileNotFoundError`` if there is no such file and ``ValueError``, naming the file
+    and the field or array, if it is not an nflows_edu model: not an npz of plain arrays, no
+    config, a config that does not fit the arrays, arrays of the wrong shape or dtype, or
+    non-finite parameters.
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        path = os.path.join(path, "model.npz")
     if not os.path.exists(path):
         raise FileNotFoundError(f"load: no model file at {path}")
     try:
         with np.load(path, allow_pickle=False) as f:
+            if not isinstance(f, np.lib.npyio.NpzFile):
+                raise ValueError("a single array, not an archive")
             arrays = {key: f[key] for key in f.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
-        raise ValueError(f"load: {path} is not a readable .npz model file ({err})") from None
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, AttributeError, TypeError) as err:
+        reason = ("it holds Python objects, which this library never loads"
+                  if "allow_pickle" in str(err) else str(err))
+        raise ValueError(f"load: {path} is not an .npz model file written by nflows_edu.save "
+                         f"({reason})") from None
     if CONFIG_KEY not in arrays:
         raise ValueError(f"load: {path} has no {CONFIG_KEY} entry; expected a file written by "
                          "nflows_edu.save")
@@ -58,10 +118,15 @@ def load(path):
         config = json.loads(str(arrays.pop(CONFIG_KEY)))
     except json.JSONDecodeError as err:
         raise ValueError(f"load: the config in {path} is not valid JSON ({err})") from None
+    _check_config(config, arrays, path)
     try:
         flow = models.build(config)
+    except (TypeError, ValueError, AttributeError, MemoryError) as err:
+        raise ValueError(f"load: {path}: the config does not describe a model this version can "
+                         f"rebuild ({err})") from None
+    _check_arrays(flow, arrays, path)
+    try:
         flow.load_state_dict(arrays)
-    except (TypeError, ValueError, AttributeError) as err:
-        raise ValueError(f"load: {path} does not describe a model this version can rebuild "
-                         f"({err})") from None
+    except ValueError as err:
+        raise ValueError(f"load: {path}: {err}") from None
     return flow

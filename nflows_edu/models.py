@@ -18,6 +18,12 @@ def _check_dim(dim, where):
     return int(dim)
 
 
+def _check_layers(n_layers, where):
+    if isinstance(n_layers, bool) or int(n_layers) != n_layers or n_layers < 1:
+        raise ValueError(f"{where}: expected n_layers >= 1, got {n_layers!r}")
+    return int(n_layers)
+
+
 def nice(dim, n_layers=4, hidden=(64, 64), activation="relu", rng=None, dtype=np.float64):
     r"""NICE (Dinh, Krueger, Bengio 2014, arXiv:1410.8516).
 
@@ -28,6 +34,7 @@ def nice(dim, n_layers=4, hidden=(64, 64), activation="relu", rng=None, dtype=np
         log p(x) = sum_j log p_logistic(z_j) + sum_j s_j,   z = exp(s) * f_couplings(x)
     """
     dim = _check_dim(dim, "nice")
+    n_layers = _check_layers(n_layers, "nice")
     rng = np.random.default_rng() if rng is None else rng
     layers = [AdditiveCoupling(alternating_mask(dim, k % 2), hidden, activation, rng, dtype)
               for k in range(n_layers)]
@@ -45,6 +52,7 @@ def realnvp(dim, n_layers=8, hidden=(64, 64), activation="relu", s_max=3.0, rng=
     net starts at zero, so the untrained flow is the identity.
     """
     dim = _check_dim(dim, "realnvp")
+    n_layers = _check_layers(n_layers, "realnvp")
     rng = np.random.default_rng() if rng is None else rng
     layers = [AffineCoupling(alternating_mask(dim, k % 2), hidden, activation, s_max, rng, dtype)
               for k in range(n_layers)]

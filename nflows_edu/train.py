@@ -7,7 +7,8 @@ import numpy as np
 from tqdm import tqdm
 
 from .core import check_array
-from .optim import SGD, Adam, clip_grad_norm
+from .fast import FusedAdam, keep_freed_memory
+from .optim import SGD, clip_grad_norm
 from .threads import blas_threads
 
 
@@ -109,11 +110,12 @@ def fit(flow, data, steps=1000, batch_size=256, lr=1e-3, rng=None, val_data=None
     rng = np.random.default_rng() if rng is None else rng
     params = list(flow.parameters())
     if optimizer == "adam":
-        opt = Adam(params, lr=lr)
+        opt = FusedAdam(params, lr=lr)  # optim.Adam's update, several times faster
     elif optimizer == "sgd":
         opt = SGD(params, lr=lr)
     else:
         raise ValueError(f"fit: expected optimizer 'adam' or 'sgd', got {optimizer!r}")
+    keep_freed_memory()  # saves page faults in every step (fast.py says how much)
     with blas_threads(threads, flow, batch_size):
         return _fit_loop(flow, data, params, opt, steps, min(int(batch_size), len(data)), lr,
                          rng, val_data, schedule, warmup, clip, eval_every, keep_best, diverge,
@@ -292,7 +294,7 @@ def fit_reverse_kl(flow, log_target, grad_log_target, steps=5000, batch_size=256
                          f"{anneal_steps!r} and {beta0!r}")
     rng = np.random.default_rng() if rng is None else rng
     params = list(flow.parameters())
-    opt = Adam(params, lr=lr)
+    opt = FusedAdam(params, lr=lr)  # optim.Adam's update, faster (as in fit)
     last_good = [p.copy() for _, p, _ in params]
     history = {"loss": [], "beta": [], "step": [], "kl_minus_log_z": []}
     bar = tqdm(range(int(steps)), disable=not progress, desc="reverse KL", leave=False)

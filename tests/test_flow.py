@@ -77,7 +77,7 @@ def test_sample_shapes_and_reproducibility(trained):
     b = flow.sample(7, np.random.default_rng(1))
     assert a.shape == (7, 2)
     np.testing.assert_array_equal(a, b)
-    with pytest.raises(ValueError, match="positive number"):
+    with pytest.raises(ValueError, match="positive whole number"):
         flow.sample(0)
 
 

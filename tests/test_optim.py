@@ -1,6 +1,8 @@
 """Optimizers against the textbook update rules, and gradient clipping."""
 import numpy as np
+import pytest
 
+from nflows_edu import fast, models
 from nflows_edu.nn import Linear
 from nflows_edu.optim import SGD, Adam, clip_grad_norm
 
@@ -59,3 +61,24 @@ def test_adam_minimises_a_quadratic(rng):
         opt.step()
     np.testing.assert_allclose(layer.params["W"].ravel(), [1.0, -2.0, 0.5], atol=1e-3)
     np.testing.assert_allclose(layer.params["b"], [0.3], atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_fused_adam_computes_the_textbook_update(dtype, rng, monkeypatch):
+    """The fast path train.fit uses: blocks for large arrays, one gathered vector for the
+    small ones; the same numbers as optim.Adam to round-off."""
+    flows = [models.realnvp(8, n_layers=2, hidden=(300, 8), dtype=dtype,
+                            rng=np.random.default_rng(0)) for _ in range(2)]
+    monkeypatch.setattr(fast.FusedAdam, "block_bytes", 4096)  # several blocks per array
+    opts = [Adam(list(flows[0].parameters()), lr=0.01),
+            fast.FusedAdam(list(flows[1].parameters()), lr=0.01)]
+    for _ in range(5):
+        grads = [rng.standard_normal(g.shape) for _, _, g in flows[0].parameters()]
+        for flow, opt in zip(flows, opts):
+            for (_, _, g), new in zip(flow.parameters(), grads):
+                g[...] = new
+            opt.step()
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    for (name, a, _), (_, b, _) in zip(flows[0].parameters(), flows[1].parameters()):
+        assert a.dtype == b.dtype == dtype
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol, err_msg=name)

@@ -34,20 +34,12 @@ def soft_bound_backward(ds, s, s_max):
     return ds * (1 - (s / s_max) ** 2)
 
 
-def _as_slice(idx):
-    """``idx`` (sorted column indices) as a slice when they are evenly spaced, else ``idx``.
-
-    Both select the same columns, but ``x[:, slice]`` is a view (no copy) and assigning
-    through it is a plain strided copy, about twice as fast as indexing with ``idx``.
-    """
-    steps = np.diff(idx)
-    if idx.size == 1 or (steps == steps[0]).all():
-        return slice(int(idx[0]), int(idx[-1]) + 1, int(steps[0]) if steps.size else 1)
-    return idx
-
-
 class _Coupling(Bijector):
-    """Shared mask bookkeeping: ``idx_a`` (mask == 1, kept) and ``idx_b`` (mask == 0, changed)."""
+    """Shared mask bookkeeping: ``idx_a`` (mask == 1, kept) and ``idx_b`` (mask == 0, changed).
+
+    Both are read from the ``mask`` buffer at every call, so a mask loaded with
+    ``load_state_dict`` is the mask the layer uses.
+    """
 
     def __init__(self, mask, n_net_out_per_b, hidden, activation, rng, dtype, zero_init):
         super().__init__()
@@ -59,22 +51,33 @@ class _Coupling(Bijector):
             raise ValueError(f"{name}: the mask must contain both 0s and 1s, got {mask!r}")
         self.dim = mask.size
         self.buffers["mask"] = mask.astype(np.int64)
-        self.idx_a = np.flatnonzero(mask == 1)
-        self.idx_b = np.flatnonzero(mask == 0)
-        # the same columns as slices where possible (alternating masks: 0::2 and 1::2)
-        self._a, self._b = _as_slice(self.idx_a), _as_slice(self.idx_b)
-        self.net = MLP((self.idx_a.size, *hidden, n_net_out_per_b * self.idx_b.size),
+        n_a = int(mask.sum())
+        self.net = MLP((n_a, *hidden, n_net_out_per_b * (self.dim - n_a)),
                        activation=activation, zero_last=zero_init, rng=rng, dtype=dtype)
 
+    @property
+    def idx_a(self):
+        return np.flatnonzero(self.buffers["mask"] == 1)
+
+    @property
+    def idx_b(self):
+        return np.flatnonzero(self.buffers["mask"] == 0)
+
+    def check_state(self):
+        mask = self.buffers["mask"]
+        if not np.isin(mask, (0, 1)).all() or mask.sum() != self.net.sizes[0]:
+            raise ValueError(f"{type(self).__name__}: expected a binary mask "
+                             f"with {self.net.sizes[0]} ones (the net's input size), got "
+                             f"{mask.tolist()}")
+
     def _split(self, x):
-        """(x_a, x_b). x_a, the net's input, is made contiguous once here rather than copied
-        by each matrix product that uses it (BLAS wants unit strides). x_b may be a view."""
-        return np.ascontiguousarray(x[:, self._a]), x[:, self._b]
+        """(x_a, x_b): the columns where mask == 1 and where mask == 0."""
+        return x[:, self.idx_a], x[:, self.idx_b]
 
     def _join(self, part_a, part_b):
         out = np.empty((part_a.shape[0], self.dim), dtype=np.result_type(part_a, part_b))
-        out[:, self._a] = part_a
-        out[:, self._b] = part_b
+        out[:, self.idx_a] = part_a
+        out[:, self.idx_b] = part_b
         return out
 
     def __repr__(self):
@@ -99,9 +102,8 @@ class AdditiveCoupling(_Coupling):
     def forward(self, x):
         x = self._check(x)
         x_a, x_b = self._split(x)
-        t, net_cache = self.net._forward(x_a)  # x_a checked with x: skip the net's check
-        t += x_b  # z_b = x_b + t, in place: t is the net's fresh output
-        z = self._join(x_a, t)
+        t, net_cache = self.net._forward(x_a)  # x_a was checked with x
+        z = self._join(x_a, x_b + t)
         return z, np.zeros(x.shape[0], dtype=z.dtype), net_cache
 
     def inverse(self, z):
@@ -112,15 +114,15 @@ class AdditiveCoupling(_Coupling):
         return x, np.zeros(z.shape[0], dtype=x.dtype), net_cache
 
     def backward(self, dz, dlogdet, cache):
-        dz_b = dz[:, self._b]
-        dx_a = self.net.backward(np.ascontiguousarray(dz_b), cache)  # as x_a in _split
-        dx_a += dz[:, self._a]  # in place: the net's dx is a fresh array
+        dz_a, dz_b = self._split(dz)
+        dt = dz_b
+        dx_a = dz_a + self.net.backward(dt, cache)
         return self._join(dx_a, dz_b)
 
     def inverse_backward(self, dx, dlogdet, cache):
-        dx_b = dx[:, self._b]
-        dz_a = self.net.backward(-dx_b, cache)
-        dz_a += dx[:, self._a]
+        dx_a, dx_b = self._split(dx)
+        dt = -dx_b
+        dz_a = dx_a + self.net.backward(dt, cache)
         return self._join(dz_a, dx_b)
 
 
@@ -143,12 +145,16 @@ class AffineCoupling(_Coupling):
     def __init__(self, mask, hidden=(64, 64), activation="relu", s_max=3.0, rng=None,
                  dtype=np.float64, zero_init=True):
         super().__init__(mask, 2, hidden, activation, rng, dtype, zero_init)
+        if not (np.isfinite(s_max) and s_max > 0):
+            raise ValueError(f"AffineCoupling: expected a positive finite s_max (the bound on "
+                             f"the log-scale), got {s_max!r}")
         self.s_max = float(s_max)
 
     def _scale_shift(self, inputs_a):
-        out, net_cache = self.net._forward(inputs_a)  # inputs checked by the caller
-        nb = self.idx_b.size
-        return soft_bound(out[:, :nb], self.s_max), out[:, nb:], net_cache
+        """(s, t, net_cache) from the conditioning half (checked by the caller)."""
+        out, net_cache = self.net._forward(inputs_a)
+        r, t = np.split(out, 2, axis=1)
+        return soft_bound(r, self.s_max), t, net_cache
 
     def _net_backward(self, ds, dt, s, net_cache):
         dr = soft_bound_backward(ds, s, self.s_max)
@@ -158,38 +164,32 @@ class AffineCoupling(_Coupling):
         x = self._check(x)
         x_a, x_b = self._split(x)
         s, t, net_cache = self._scale_shift(x_a)
-        exp_s = np.exp(s)
-        z_b = x_b * exp_s
-        z_b += t
-        z = self._join(x_a, z_b)
-        return z, s.sum(axis=1), (x_b, s, exp_s, net_cache)
+        z_b = x_b * np.exp(s) + t
+        return self._join(x_a, z_b), s.sum(axis=1), (x_b, s, net_cache)
 
     def inverse(self, z):
         z = self._check(z)
         z_a, z_b = self._split(z)
         s, t, net_cache = self._scale_shift(z_a)
-        exp_neg_s = np.exp(-s)
-        x_b = z_b - t
-        x_b *= exp_neg_s
-        return self._join(z_a, x_b), -s.sum(axis=1), (x_b, s, exp_neg_s, net_cache)
+        x_b = (z_b - t) * np.exp(-s)
+        return self._join(z_a, x_b), -s.sum(axis=1), (x_b, s, net_cache)
 
     def backward(self, dz, dlogdet, cache):
-        x_b, s, exp_s, net_cache = cache
-        dz_b = dz[:, self._b]
-        dx_b = dz_b * exp_s
-        ds = dx_b * x_b  # dz_b * x_b * exp(s), reusing dx_b
-        ds += dlogdet[:, None]
-        dx_a = self._net_backward(ds, dz_b, s, net_cache)
-        dx_a += dz[:, self._a]  # in place: the net's dx is a fresh array
+        x_b, s, net_cache = cache
+        dz_a, dz_b = self._split(dz)
+        dx_b = dz_b * np.exp(s)
+        ds = dz_b * x_b * np.exp(s) + dlogdet[:, None]
+        dt = dz_b
+        dx_a = dz_a + self._net_backward(ds, dt, s, net_cache)
         return self._join(dx_a, dx_b)
 
     def inverse_backward(self, dx, dlogdet, cache):
-        x_b, s, exp_neg_s, net_cache = cache
-        dx_b = dx[:, self._b]
-        dz_b = dx_b * exp_neg_s
+        x_b, s, net_cache = cache
+        dx_a, dx_b = self._split(dx)
+        dz_b = dx_b * np.exp(-s)
         ds = -dx_b * x_b - dlogdet[:, None]
-        dz_a = self._net_backward(ds, -dz_b, s, net_cache)
-        dz_a += dx[:, self._a]
+        dt = -dz_b
+        dz_a = dx_a + self._net_backward(ds, dt, s, net_cache)
         return self._join(dz_a, dz_b)
 
 
