@@ -87,11 +87,17 @@ def _pack(made, dtype):
     lo = np.zeros((len(degrees), dim + 1), dtype=np.int64)
     for layer, deg in enumerate(degrees[1:-1], start=1):
         lo[layer] = np.searchsorted(np.sort(deg), np.arange(dim + 1), side="left")
+    # skip the identity permutations (MADE's hidden degrees are sorted): copies cost time
+    perms = [None if np.array_equal(p, np.arange(p.size)) else p for p in perms]
     weights, biases = [], []
     for k, layer in enumerate(made.masked_layers):
-        WM = layer.masked_weight()[np.ix_(perms[k], perms[k + 1])]
-        weights.append(WM.astype(dtype).ravel())
-        biases.append(layer.params["b"][perms[k + 1]].astype(dtype))
+        WM, b = layer.masked_weight(), layer.params["b"]
+        if perms[k] is not None:
+            WM = WM[perms[k]]
+        if perms[k + 1] is not None:
+            WM, b = WM[:, perms[k + 1]], b[perms[k + 1]]
+        weights.append(WM.astype(dtype, copy=False).ravel())
+        biases.append(b.astype(dtype, copy=False))
     w_off = np.cumsum([0] + [w.size for w in weights]).astype(np.int64)
     b_off = np.cumsum([0] + [b.size for b in biases]).astype(np.int64)
     return sizes, lo, np.concatenate(weights), w_off, np.concatenate(biases), b_off

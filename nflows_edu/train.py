@@ -20,12 +20,16 @@ class NonFiniteLossError(FloatingPointError):
 TrainingDiverged = NonFiniteLossError
 
 
-def nll(flow, data, batch_size=4096):
+def log_prob(flow, data, batch_size=65536):
+    """``flow.log_prob`` of ``data`` (N, D) in batches, so a million points fit in memory."""
+    data = check_array(data, "log_prob", flow.dim)
+    return np.concatenate([flow.log_prob(data[i:i + batch_size])
+                           for i in range(0, len(data), batch_size)])
+
+
+def nll(flow, data, batch_size=65536):
     """Mean negative log-likelihood (nats per example) of ``data`` (N, D), in batches."""
-    data = check_array(data, "nll", flow.dim)
-    total = sum(-flow.log_prob(data[i:i + batch_size]).sum()
-                for i in range(0, len(data), batch_size))
-    return float(total / len(data))
+    return float(-log_prob(flow, data, batch_size).mean())
 
 
 def learning_rate(step, steps, lr, schedule="cosine", warmup=0):

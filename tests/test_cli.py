@@ -14,6 +14,12 @@ import pytest  # noqa: E402
 from nflows_edu import cli, gradcheck, train  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(autouse=True)
+def fast_mode(monkeypatch):
+    """20,000 test points instead of a million: these tests check the plumbing."""
+    monkeypatch.setenv("NFLOWS_EDU_FAST", "1")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -27,7 +33,9 @@ def train_args(out, *extra):
 def trained(tmp_path_factory):
     """One small training run shared by the tests that need a saved model."""
     out = tmp_path_factory.mktemp("run")
-    assert cli.main(train_args(out)) == 0
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NFLOWS_EDU_FAST", "1")
+        assert cli.main(train_args(out)) == 0
     return out
 
 
@@ -265,3 +273,60 @@ def test_bad_arguments_raise_usage_error_inside_the_parser():
     with pytest.raises(UsageError, match="positive integer"):
         build_parser().parse_args(["train", "--model", "nice", "--data", "moons", "--steps", "0",
                                    "--out", "x"])
+
+
+def test_version(capsys):
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"nflows-edu {__import__('nflows_edu').__version__}"
+
+
+def test_train_refuses_an_out_that_is_a_file_before_training(tmp_path, capsys, monkeypatch):
+    target = tmp_path / "results.txt"
+    target.write_text("not a directory")
+    monkeypatch.setattr(train, "fit", lambda *a, **k: pytest.fail("trained before refusing"))
+    assert cli.main(train_args(target)) == 2
+    assert_one_line_error(capsys.readouterr().err, "is a file")
+
+
+def test_a_diverging_run_is_one_line_and_exit_2(tmp_path, capsys):
+    assert cli.main(train_args(tmp_path, "--lr", "1e4", "--steps", "200")) == 2
+    assert_one_line_error(capsys.readouterr().err, "diverged", "learning rate")
+    assert not (tmp_path / "model.npz").exists()
+
+
+def test_clip_and_threads_options(tmp_path, capsys):
+    assert cli.main(train_args(tmp_path, "--steps", "3", "--clip", "5", "--threads", "1")) == 0
+    assert "BLAS threads: 1" in capsys.readouterr().out
+    assert cli.main(train_args(tmp_path / "b", "--threads", "0")) == 2
+    assert cli.main(train_args(tmp_path / "c", "--clip", "-1")) == 2
+
+
+def test_ctrl_c_saves_the_model_so_far(tmp_path, capsys, monkeypatch):
+    real = train.fit
+
+    def interrupted_fit(flow, *args, **kwargs):
+        calls = {"n": 0}
+        loss_and_grad = flow.loss_and_grad
+
+        def stop_at_5(x):
+            calls["n"] += 1
+            if calls["n"] == 5:
+                raise KeyboardInterrupt
+            return loss_and_grad(x)
+
+        flow.loss_and_grad = stop_at_5
+        return real(flow, *args, **kwargs)
+
+    monkeypatch.setattr(train, "fit", interrupted_fit)
+    assert cli.main(train_args(tmp_path)) == 130
+    assert "interrupted" in capsys.readouterr().out
+    with open(tmp_path / "metrics.json") as f:
+        metrics = json.load(f)
+    assert metrics["interrupted"] and metrics["steps"] == 4
+    assert (tmp_path / "model.npz").exists()
+
+
+def test_sample_finds_the_model_in_a_directory(trained, tmp_path, capsys):
+    out = tmp_path / "s.npy"
+    assert cli.main(["sample", "--model", str(trained), "-n", "5", "--out", str(out)]) == 0
+    assert np.load(out).shape == (5, 2)

@@ -78,3 +78,19 @@ def test_check_array_casts_integers_and_rejects_the_rest():
         check_array(np.zeros((2, 2, 2)), "f")
     with pytest.raises(ValueError, match="Chain: expected at least one layer"):
         Chain([])
+
+
+def test_import_is_light():
+    """Importing the library changes nothing in the process: no scipy (slow to import), no
+    large allocation (the malloc trick lives in fast.py and runs only when fit trains)."""
+    import subprocess
+    import sys
+    code = ("import tracemalloc, sys; tracemalloc.start(); import nflows_edu; "
+            "now, peak = tracemalloc.get_traced_memory(); print(peak - now); "
+            "print('scipy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=120).stdout.split()
+    transient, scipy_loaded = int(out[0]), out[1] == "True"
+    assert not scipy_loaded
+    # what was allocated and freed again (the old import-time trick: 16 MiB)
+    assert transient < 2 << 20, f"import allocated and freed {transient / 2**20:.1f} MiB"

@@ -17,7 +17,6 @@ costs about one MADE pass rather than D; ``use_kernel=False`` runs the plain Num
 """
 import numpy as np
 
-from .. import kernels
 from ..core import Bijector, Inverse
 from ..gradcheck import register
 from ..nn import MADE
@@ -84,6 +83,7 @@ class MAF(Bijector):
 
     def inverse(self, z):
         z = self._check(z)
+        from .. import kernels  # here, not at the top: numba is slow to import (and imports scipy)
         sequential = kernels.maf_inverse if self.use_kernel else kernels.maf_inverse_reference
         x, logdet = sequential(self.made, z, self.s_max)
         return x, logdet, None

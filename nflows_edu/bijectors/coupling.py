@@ -18,19 +18,16 @@ def alternating_mask(dim, parity=0):
 
 
 def soft_bound(r, s_max):
-    r"""s = s_max * tanh(r / s_max): a log-scale bounded to (-s_max, s_max), s ~ r near 0.
+    r"""s = s_max * tanh(r / s_max): a log-scale bounded to (-s_max, s_max), with s ~ r near 0.
 
-    The bound keeps one bad step from producing exp(s) = inf. Returns a new array.
-    (Shared by ``AffineCoupling`` and the autoregressive layers.)
+    The bound keeps one bad step from producing exp(s) = inf. Shared by ``AffineCoupling``
+    and the autoregressive layers (``MAF``, ``IAF``).
     """
-    s = r / s_max
-    np.tanh(s, out=s)
-    s *= s_max
-    return s
+    return s_max * np.tanh(r / s_max)
 
 
 def soft_bound_backward(ds, s, s_max):
-    r"""dr = ds * (1 - (s / s_max)^2), the VJP of ``soft_bound`` written with its output s."""
+    r"""dr = ds * (1 - (s / s_max)^2): the VJP of ``soft_bound``, written with its output s."""
     return ds * (1 - (s / s_max) ** 2)
 
 

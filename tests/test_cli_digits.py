@@ -1,0 +1,32 @@
+"""``nflows-edu train --data digits`` (a few steps: the figures are measured in the README)."""
+import json
+import os
+
+import numpy as np
+
+from nflows_edu import cli, io
+
+
+def test_train_maf_on_digits_writes_metrics_and_samples(tmp_path, capsys):
+    out = tmp_path / "digits"
+    argv = ["train", "--model", "maf", "--data", "digits", "--steps", "3", "--batch-size", "16",
+            "--n-layers", "1", "--out", str(out), "--no-progress"]
+    assert cli.main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["data"] == "digits" and metrics["best_step"] in (3,)
+    assert np.isclose(metrics["test_bpd"], metrics["test_nll"] / (64 * np.log(2)))
+    assert 3.0 < metrics["test_bpd"] < 8.0  # an (almost) untrained flow: near uniform, 4.09
+    assert os.path.getsize(out / "samples.png") > 1000
+    flow = io.load(out / "model.npz")
+    assert flow.config["pixel_levels"] == 17 and flow.dim == 64
+    assert "bits/dim" in capsys.readouterr().out
+
+
+def test_digits_needs_a_maximum_likelihood_pixel_model(tmp_path, capsys):
+    for model, data, words in (("iaf", "digits", "reverse KL"), ("iaf", "moons", "reverse KL"),
+                               ("realnvp", "digits", "expected --model maf")):
+        argv = ["train", "--model", model, "--data", data, "--steps", "2", "--out",
+                str(tmp_path / model)]
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("nflows-edu: error:") and words in err
