@@ -37,6 +37,8 @@ class Planar(Bijector):
         a     = z @ w + b,          t = tanh(a),   t' = 1 - t^2
         x     = z + t * u_hat
     Inverse log-det:  log(1 + t' * m)              (> 0 inside the log because m > -1)
+              computed as log(t^2 + softplus(w.u) t'), the same number, which stays positive
+              in floating point when w.u is so negative that m rounds to -1 (``_slope``)
 
     Normalizing direction (our ``forward``), ``x`` -> ``z``: taking ``w .`` of the sampling
     map gives one scalar equation per example for the unknown pre-activation ``a``,
