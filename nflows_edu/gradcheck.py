@@ -369,11 +369,20 @@ def make_layer(name, rng, dim=None, scale=None, n=None):
 
 def check_all(seed=0, draws=1, layers=None):
     """``check_bijector`` on every registered layer (or those named in ``layers``), ``draws``
-    random sizes and parameters each; returns a list of CheckReports."""
+    random sizes and parameters each; returns a list of CheckReports.
+
+    A layer that raises (a student's layer with a bug) gets a failing report that says what
+    it raised, and the other layers are still checked.
+    """
     rng = np.random.default_rng(seed)
     reports = []
     for name in layer_names() if layers is None else layers:
         for _ in range(draws):
-            layer, x = make_layer(name, rng)
-            reports.append(check_bijector(layer, x, rng, name=name))
+            try:
+                layer, x = make_layer(name, rng)
+                reports.append(check_bijector(layer, x, rng, name=name))
+            except Exception as err:  # noqa: BLE001  (reported, not hidden)
+                report = CheckReport(name, np.inf, np.inf, np.inf)
+                report.problems.append(f"raised {type(err).__name__}: {err}")
+                reports.append(report)
     return reports

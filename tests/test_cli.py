@@ -330,3 +330,27 @@ def test_sample_finds_the_model_in_a_directory(trained, tmp_path, capsys):
     out = tmp_path / "s.npy"
     assert cli.main(["sample", "--model", str(trained), "-n", "5", "--out", str(out)]) == 0
     assert np.load(out).shape == (5, 2)
+
+
+def test_check_reports_a_student_module_that_does_not_import(tmp_path, capsys):
+    path = tmp_path / "broken.py"
+    path.write_text("import numpy as np\n\nundefined_name + 1\n")
+    assert cli.main(["check", "--module", str(path)]) == 2
+    assert_one_line_error(capsys.readouterr().err, "NameError", "line 3")
+
+
+def test_check_reports_a_layer_that_raises_and_goes_on(capsys):
+    from nflows_edu.bijectors import Scaling
+
+    class Crashing(Scaling):
+        def forward(self, x):
+            raise IndexError("off by one")
+
+    gradcheck.register("Crashing", lambda dim, rng: Crashing(dim))
+    try:
+        assert cli.main(["check", "--layer", "Crashing", "--layer", "Scaling"]) == 1
+    finally:
+        gradcheck.unregister("Crashing")
+    out = capsys.readouterr().out
+    assert "raised IndexError: off by one" in out and "FAIL" in out
+    assert any(line.startswith("Scaling") and " pass " in line for line in out.splitlines())
