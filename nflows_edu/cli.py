@@ -6,6 +6,7 @@ r"""``nflows-edu``: train, sample and check flows from the command line.
     nflows-edu train --model realnvp --data moons --steps 3000 --out runs/moons
     nflows-edu sample --model runs/moons/model.npz -n 1000 --out samples.csv
     nflows-edu check [--layer AffineCoupling] [--draws 20] [--module my_layer.py]
+    nflows-edu table [--fast] [--dims 16,64] [-n 1024] [--repeats 5]
 
 ``main(argv)`` returns the exit code: 0 on success, 1 if ``check`` finds a failing layer, 2 for
 a mistake the user can fix (bad arguments, a missing or corrupt model file, a training run
@@ -13,6 +14,7 @@ whose loss became NaN). Those are reported as one line ``nflows-edu: error: ...`
 without a traceback; anything else is a bug and keeps its traceback.
 """
 import argparse
+import inspect
 import json
 import math
 import os
@@ -177,6 +179,7 @@ def build_parser():
     ch.add_argument("--module", action="append", metavar="FILE",
                     help="a Python file to import first, which registers its own layers with "
                     "nflows_edu.gradcheck.register (repeatable)")
+    add_table_parser(sub)
     return parser
 
 
@@ -207,6 +210,8 @@ def run_training(model, data, steps, batch_size, lr, out, seed=0, n_layers=None,
     rng = np.random.default_rng(seed)
     x = datasets.toy(data, N_TRAIN, rng)
     kwargs = dict(hidden=hidden, rng=rng, dtype=np.dtype(dtype))
+    if "hidden" not in inspect.signature(models.MODELS[model]).parameters:
+        del kwargs["hidden"]  # planar and radial layers have no network
     if n_layers is not None:
         kwargs["n_layers"] = n_layers
     flow = models.MODELS[model](2, **kwargs)
@@ -465,3 +470,42 @@ def main(argv=None):
     except USER_ERRORS as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
+
+
+# ------------------------------------------------------------------ nflows-edu table
+def add_table_parser(sub):
+    from . import table
+    ta = sub.add_parser("table", help="time inference, sampling, density and training of every "
+                        "flow family at two sizes",
+                        description="The survey's table, measured: for each family in "
+                        "nflows_edu.table.FAMILIES, the time of inference (forward), sampling, "
+                        "the density of outside points and one training step, at each D in "
+                        "--dims, on one BLAS thread, with the network passes each needs and "
+                        "the growth between the first and last D.")
+    ta.add_argument("--dims", type=hidden_sizes, default=table.FULL["dims"],
+                    help="comma-separated feature counts (default 16,64)")
+    ta.add_argument("-n", type=positive_int, default=table.FULL["n"],
+                    help="points per call (default 1024)")
+    ta.add_argument("--hidden", type=hidden_sizes, default=table.FULL["hidden"],
+                    help="hidden widths of every network (default 256,256)")
+    ta.add_argument("--repeats", type=positive_int, default=table.FULL["repeats"],
+                    help="timed calls per measurement, the fastest is kept (default 5)")
+    ta.add_argument("--dtype", choices=("float64", "float32"), default="float64")
+    ta.add_argument("--fast", action="store_true",
+                    help="tiny sizes (D = 4, 8; N = 64; hidden 8,8; 1 repeat): checks that "
+                    "the table runs, its times mean little")
+
+
+def cmd_table(args):
+    from . import table
+    sizes = dict(table.FAST) if args.fast else dict(dims=tuple(args.dims), n=args.n,
+                                                      hidden=tuple(args.hidden),
+                                                      repeats=args.repeats)
+    if len(sizes["dims"]) < 2:
+        raise UsageError("--dims: expected at least two sizes, e.g. 16,64")
+    rows = table.run(dtype=np.dtype(args.dtype), **sizes)
+    print(table.format_table(rows, dtype=np.dtype(args.dtype), **sizes))
+    return 0
+
+
+COMMANDS["table"] = cmd_table

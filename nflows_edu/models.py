@@ -212,8 +212,28 @@ def set_logdet(flow, mode, rng=None):
     return flow
 
 
-MODELS = {"nice": nice, "realnvp": realnvp, "iresnet": iresnet, "resflow": resflow,
-          "impflow": impflow, "maf": maf, "iaf": iaf}
+def planar(dim, n_layers=8, rng=None, dtype=np.float64):
+    r"""A stack of ``n_layers`` planar flows on a standard normal base (Rezende and Mohamed
+    2015, arXiv:1505.05770).
+
+    Built for the sampling direction: ``sample`` and the density of its own samples are
+    closed-form, the density of any other point solves one scalar equation per layer
+    (``bijectors.Planar``). Train it by reverse KL (``train.fit_reverse_kl``).
+    """
+    from .bijectors import Planar
+    return _simple_flow("planar", Planar, dim, n_layers, rng, dtype)
+
+
+def radial(dim, n_layers=8, rng=None, dtype=np.float64):
+    r"""A stack of ``n_layers`` radial flows on a standard normal base (Rezende and Mohamed
+    2015, arXiv:1505.05770); see ``bijectors.Radial``.
+    """
+    from .bijectors import Radial
+    return _simple_flow("radial", Radial, dim, n_layers, rng, dtype)
+
+
+MODELS = {"nice": nice, "realnvp": realnvp, "maf": maf, "iaf": iaf, "planar": planar,
+          "radial": radial, "iresnet": iresnet, "resflow": resflow, "impflow": impflow}
 
 
 def build(config):
@@ -224,3 +244,15 @@ def build(config):
         raise ValueError(f"build: expected config['model'] in {sorted(MODELS)}, got {name!r}")
     kwargs["dtype"] = np.dtype(kwargs.get("dtype", "float64"))
     return MODELS[name](rng=np.random.default_rng(0), **kwargs)
+
+
+# ------------------------------------------------------------------ Rezende and Mohamed (2015)
+def _simple_flow(name, layer_class, dim, n_layers, rng, dtype):
+    if int(dim) != dim or dim < 1:
+        raise ValueError(f"{name}: expected a positive dim, got {dim!r}")
+    if int(n_layers) != n_layers or n_layers < 1:
+        raise ValueError(f"{name}: expected a positive n_layers, got {n_layers!r}")
+    rng = np.random.default_rng() if rng is None else rng
+    layers = [layer_class(int(dim), rng=rng, dtype=dtype) for _ in range(int(n_layers))]
+    config = dict(model=name, dim=int(dim), n_layers=int(n_layers), dtype=np.dtype(dtype).name)
+    return Flow(Chain(layers), StandardNormal(int(dim), dtype), config)

@@ -208,3 +208,125 @@ def _evaluate(flow, history, step, eval_every, val_data, params, best, bar, prog
     if progress:
         bar.write(f"step {step + 1}: train NLL {history['train_nll'][-1]:.4f}, "
                   f"validation NLL {val:.4f}")
+
+
+# ------------------------------------------------------------------ reverse KL (sampling direction)
+def _check_targets(flow, where):
+    if any(True for _ in flow.base.parameters()):
+        raise ValueError(f"{where}: expected a base distribution without parameters (the "
+                         "samples z are drawn from a fixed base), got "
+                         f"{type(flow.base).__name__} with parameters")
+    if "inverse" not in flow.bijector.vjps:
+        raise ValueError(f"{where}: the flow's sampling direction (inverse) has no VJP "
+                         f"(vjps = {flow.bijector.vjps}); reverse KL trains through it")
+
+
+def reverse_kl_loss_and_grad(flow, z, log_target, grad_log_target, beta=1.0):
+    r"""Zero the gradients, then the reverse-KL loss on base samples ``z`` and its gradients.
+
+    With x = f^{-1}(z) (``flow.bijector.inverse``, whose logdet is log|det dx/dz|):
+
+        log q(x) = log p_Z(z) - logdet
+        L = mean_n [log q(x_n) - beta * log_target(x_n)]
+        dL/dx = -beta * grad_log_target(x) / N,   dL/dlogdet = -1 / N
+
+    (log p_Z(z) does not depend on the parameters: z is fixed.) With ``beta = 1`` and
+    ``log_target = -U``, L + log Z estimates KL(q || p) in nats. Returns L as a float (NaN,
+    with no gradients, if the flow maps some z to a non-finite x); the gradients are in
+    ``grads``, filled by ``inverse_backward``.
+    """
+    z = check_array(z, "reverse_kl_loss_and_grad (z)", flow.dim).astype(flow.dtype, copy=False)
+    flow.zero_grad()
+    n = z.shape[0]
+    x, logdet, cache = flow.bijector.inverse(z)
+    if not (np.isfinite(x).all() and np.isfinite(logdet).all()):
+        return float("nan")  # the flow overflowed: let the caller's guard stop training
+    loss = (flow.base.log_prob(z) - logdet - beta * log_target(x)).mean()
+    dx = (-beta / n) * np.asarray(grad_log_target(x), dtype=x.dtype)
+    flow.bijector.inverse_backward(dx, np.full(n, -1.0 / n, dtype=x.dtype), cache)
+    return float(loss)
+
+
+def reverse_kl(flow, log_target, log_z=0.0, n=100_000, rng=None, batch_size=10_000):
+    r"""Monte-Carlo estimate of KL(q || p) = E_q[log q(x) - log_target(x)] + log Z, in nats,
+    from ``n`` samples of the flow (each with the density from its own sampling pass).
+
+    Returns ``(kl, standard_error)``.
+    """
+    rng = np.random.default_rng() if rng is None else rng
+    terms = []
+    for start in range(0, int(n), batch_size):
+        z = flow.base.sample(min(batch_size, int(n) - start), rng).astype(flow.dtype, copy=False)
+        x, logdet, _ = flow.bijector.inverse(z)
+        terms.append(flow.base.log_prob(z) - logdet - log_target(x))
+    terms = np.concatenate(terms).astype(np.float64)
+    return float(terms.mean() + log_z), float(terms.std(ddof=1) / np.sqrt(terms.size))
+
+
+def fit_reverse_kl(flow, log_target, grad_log_target, steps=5000, batch_size=256, lr=1e-3,
+                   rng=None, anneal_steps=0, beta0=0.01, schedule="cosine", warmup=0,
+                   clip=100.0, eval_every=250, progress=True):
+    r"""Fit ``flow`` in its sampling direction to p(x) proportional to exp(log_target(x)).
+
+    Each step draws ``batch_size`` fresh base samples z, maps them by ``flow.bijector.inverse``
+    and takes one optimizer (Adam) step on
+
+        L(beta_t) = mean_n [log q(x_n) - beta_t * log_target(x_n)],   x = f^{-1}(z)
+
+    (``reverse_kl_loss_and_grad``), its gradient clipped to global norm ``clip``. No data is
+    needed, only the unnormalised log-density and its gradient (``datasets.energy_target``).
+    The optional annealing of Rezende and Mohamed (2015), section 6.1, raises the inverse
+    temperature linearly, beta_t = min(1, beta0 + t / anneal_steps); ``anneal_steps=0``
+    trains at beta = 1 throughout.
+
+    The same guard as ``fit``: if the loss or the gradient norm is NaN or infinite, the
+    parameters of the last finite step are put back and ``NonFiniteLossError`` is raised.
+
+    Returns
+    -------
+    history : dict of lists
+        ``loss`` and ``beta`` (every step); every ``eval_every`` steps ``step`` and
+        ``kl_minus_log_z`` (mean of the loss since the previous report: KL(q || p) - log Z
+        estimated on the training batches; NaN while beta < 1).
+    """
+    _check_targets(flow, "fit_reverse_kl")
+    if int(steps) != steps or steps < 1 or int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"fit_reverse_kl: expected positive integers for steps and batch_size, "
+                         f"got {steps!r} and {batch_size!r}")
+    if anneal_steps < 0 or not 0 < beta0 <= 1:
+        raise ValueError(f"fit_reverse_kl: expected anneal_steps >= 0 and 0 < beta0 <= 1, got "
+                         f"{anneal_steps!r} and {beta0!r}")
+    rng = np.random.default_rng() if rng is None else rng
+    params = list(flow.parameters())
+    opt = FusedAdam(params, lr=lr)  # optim.Adam's update, faster (as in fit)
+    last_good = [p.copy() for _, p, _ in params]
+    history = {"loss": [], "beta": [], "step": [], "kl_minus_log_z": []}
+    bar = tqdm(range(int(steps)), disable=not progress, desc="reverse KL", leave=False)
+    for step in bar:
+        beta = 1.0 if anneal_steps == 0 else min(1.0, beta0 + step / anneal_steps)
+        z = flow.base.sample(int(batch_size), rng)
+        loss = reverse_kl_loss_and_grad(flow, z, log_target, grad_log_target, beta)
+        grad_norm = clip_grad_norm(params, clip)
+        if not (np.isfinite(loss) and np.isfinite(grad_norm)):
+            for (_, p, _), good in zip(params, last_good):
+                p[...] = good
+            bar.close()
+            raise NonFiniteLossError(
+                f"fit_reverse_kl: the loss became {loss} (gradient norm {grad_norm}) at step "
+                f"{step}; stopped and restored the parameters of step {step - 1}. Try a smaller "
+                f"lr (now {lr}) or a tighter clip (now {clip}).")
+        for (_, p, _), good in zip(params, last_good):
+            np.copyto(good, p)
+        opt.lr = learning_rate(step, steps, lr, schedule, warmup)
+        opt.step()
+        history["loss"].append(loss)
+        history["beta"].append(beta)
+        if progress and (step + 1) % 25 == 0:
+            bar.set_postfix(loss=f"{np.mean(history['loss'][-25:]):.3f}", refresh=False)
+        if (step + 1) % eval_every == 0 or step + 1 == steps:
+            recent = history["loss"][-eval_every:]
+            at_one = all(b == 1.0 for b in history["beta"][-len(recent):])
+            history["step"].append(step + 1)
+            history["kl_minus_log_z"].append(float(np.mean(recent)) if at_one else float("nan"))
+    bar.close()
+    return history

@@ -5,9 +5,10 @@ from .elementwise import Scaling
 from .implicit import ImplicitBlock
 from .normalization import BatchNorm
 from .permutation import Permutation, Reverse
+from .planar_radial import Planar, Radial
 from .preprocess import Logit, ScaleToUnit, dequantize
 from .residual import ConvergenceError, ResidualBlock
 
 __all__ = ["AdditiveCoupling", "AffineCoupling", "alternating_mask", "Scaling", "Permutation",
            "Reverse", "ResidualBlock", "ConvergenceError", "ImplicitBlock", "MAF", "IAF",
-           "BatchNorm", "Logit", "ScaleToUnit", "dequantize"]
+           "BatchNorm", "Logit", "ScaleToUnit", "dequantize", "Planar", "Radial"]

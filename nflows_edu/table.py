@@ -1,0 +1,168 @@
+r"""The survey's table, measured: what each flow family costs in each direction.
+
+A flow is used four ways, and a family is fast at some and slow at others:
+
+* inference  ``z = f(x)``: the normalizing direction, ``flow.bijector.forward``;
+* sampling   ``x = f^{-1}(z)``, ``z ~ p_Z``: ``flow.sample``;
+* density    ``log p(x)`` of a point the model did not generate: ``flow.log_prob``;
+* training   one optimizer step, in the direction the family trains: maximum likelihood
+  (``forward`` and ``backward``) or reverse KL (``inverse`` and ``inverse_backward``).
+
+"Network passes" counts how many times each layer's network must run, one after the other:
+``1`` when every feature is computed at once (a coupling layer, MAF's density, IAF's sampling),
+``D`` when feature i needs features 1..i-1 first (MAF's sampling, IAF's density: a naive
+implementation reruns the MADE D times; ``nflows_edu.kernels`` does the D dependent steps at the
+cost of about one pass). Planar and radial layers have no network: ``1`` means one projection
+of the batch, ``1 + Newton`` a projection plus a scalar root-finding per example.
+
+``FAMILIES`` is data: a new family joins the table by appending a ``Family``.
+"""
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from . import models, train
+from .optim import Adam
+
+OPERATIONS = ("inference", "sampling", "density", "training")
+
+
+@dataclass(frozen=True)
+class Family:
+    r"""One row group of the table.
+
+    name : str
+    build : callable ``(dim, rng, hidden, dtype) -> Flow``
+    passes : dict operation -> str, the network passes per layer for each of ``OPERATIONS``
+    trains : "forward" (maximum likelihood) or "inverse" (reverse KL)
+    """
+
+    name: str
+    build: object
+    passes: dict = field(default_factory=dict)
+    trains: str = "forward"
+
+
+N_LAYERS = 5
+PARALLEL_ML = dict(inference="1", sampling="1", density="1", training="1")
+
+FAMILIES = [
+    Family("NICE", lambda d, rng, hidden, dtype: models.nice(
+        d, N_LAYERS, hidden, rng=rng, dtype=dtype), PARALLEL_ML),
+    Family("RealNVP", lambda d, rng, hidden, dtype: models.realnvp(
+        d, N_LAYERS, hidden, rng=rng, dtype=dtype), PARALLEL_ML),
+    Family("MAF", lambda d, rng, hidden, dtype: models.maf(
+        d, N_LAYERS, hidden, rng=rng, dtype=dtype),
+        dict(inference="1", sampling="D", density="1", training="1")),
+    Family("IAF", lambda d, rng, hidden, dtype: models.iaf(
+        d, N_LAYERS, hidden, rng=rng, dtype=dtype),
+        dict(inference="D", sampling="1", density="D", training="1"), trains="inverse"),
+    Family("Planar", lambda d, rng, hidden, dtype: models.planar(
+        d, N_LAYERS, rng=rng, dtype=dtype),
+        dict(inference="1 + Newton", sampling="1", density="1 + Newton", training="1"),
+        trains="inverse"),
+    Family("Radial", lambda d, rng, hidden, dtype: models.radial(
+        d, N_LAYERS, rng=rng, dtype=dtype),
+        dict(inference="1 (closed form)", sampling="1", density="1 (closed form)",
+             training="1"), trains="inverse"),
+]
+
+
+def _best_time(fn, repeats):
+    """The fastest of ``repeats`` timed calls, after one untimed call (compilation, caches).
+
+    Timed in CPU seconds of this process (``time.process_time``), not wall-clock seconds: with
+    one BLAS thread and serial kernels the two agree on an idle machine, but on a shared one
+    the wall clock also counts the time other processes held the core (measured here: a 4x
+    spread in wall-clock times with four other jobs on two cores).
+    """
+    fn()
+    best = np.inf
+    for _ in range(repeats):
+        start = time.process_time()
+        fn()
+        best = min(best, time.process_time() - start)
+    return best
+
+
+def _move_off_identity(flow, rng):
+    """Untrained couplings and MADEs start at the identity; give every output layer small
+    random weights so the timed maps do real work (the cost is the same either way)."""
+    for _, p, _ in flow.parameters():
+        if not p.any():
+            p += 0.01 * rng.standard_normal(p.shape).astype(p.dtype)
+
+
+def time_family(family, dim, n, hidden, repeats, dtype=np.float64, seed=0):
+    r"""Seconds for each of ``OPERATIONS`` on one ``family`` at ``dim`` features, ``n`` points."""
+    rng = np.random.default_rng(seed)
+    flow = family.build(dim, rng, hidden, dtype)
+    _move_off_identity(flow, rng)
+    x = rng.standard_normal((n, dim)).astype(dtype)  # points the model did not generate
+    opt = Adam(list(flow.parameters()), lr=1e-4)
+
+    def log_target(v):
+        return -0.5 * np.einsum("nd,nd->n", v, v)
+
+    def train_step():
+        if family.trains == "forward":
+            flow.loss_and_grad(x)
+        else:
+            train.reverse_kl_loss_and_grad(flow, z, log_target, lambda v: -v)
+        opt.step()
+
+    z = flow.base.sample(n, rng)
+    ops = dict(inference=lambda: flow.bijector.forward(x),
+               sampling=lambda: flow.sample(n, rng),
+               density=lambda: flow.log_prob(x),
+               training=train_step)
+    return {op: _best_time(ops[op], repeats) for op in OPERATIONS}
+
+
+def run(dims=(16, 64), n=1024, hidden=(256, 256), repeats=3, families=None, dtype=np.float64,
+        seed=0):
+    r"""Measure every family at every dim, on one BLAS thread. Returns a list of rows
+    ``dict(family, operation, passes, trains, times={dim: seconds})``."""
+    families = FAMILIES if families is None else families
+    rows = []
+    with threadpool_limits(1):
+        for family in families:
+            times = {d: time_family(family, d, n, hidden, repeats, dtype, seed) for d in dims}
+            for op in OPERATIONS:
+                rows.append(dict(family=family.name, operation=op, passes=family.passes[op],
+                                 trains=family.trains, times={d: times[d][op] for d in dims}))
+    return rows
+
+
+def format_table(rows, dims, n, hidden, repeats, dtype=np.float64):
+    r"""The table as text: one line per family and operation, times in milliseconds and the
+    growth from the first to the last ``dims``."""
+    lo, hi = dims[0], dims[-1]
+    lines = [f"N = {n} points, {np.dtype(dtype).name}, {N_LAYERS} layers per flow, hidden "
+             f"{'x'.join(map(str, hidden))} (NICE, RealNVP, MAF, IAF), 1 BLAS thread, best of "
+             f"{repeats}; CPU times in ms",
+             "passes: network passes per layer (1 = all features at once; D = one per feature, "
+             "in order)",
+             "training: one Adam step, maximum likelihood (ML) or reverse KL (RKL)",
+             ""]
+    header = (f"{'family':9s} {'operation':17s} {'passes':16s}"
+              + "".join(f"{'D=' + str(d):>10s}" for d in dims) + f"{f'{hi}/{lo}':>8s}")
+    lines += [header, "-" * len(header)]
+    previous = None
+    for row in rows:
+        name = row["family"] if row["family"] != previous else ""
+        previous = row["family"]
+        op = row["operation"]
+        if op == "training":
+            op += " (ML)" if row["trains"] == "forward" else " (RKL)"
+        ratio = row["times"][hi] / row["times"][lo]
+        lines.append(f"{name:9s} {op:17s} {row['passes']:16s}"
+                     + "".join(f"{1e3 * row['times'][d]:10.3f}" for d in dims)
+                     + f"{ratio:8.2f}")
+    return "\n".join(lines)
+
+
+FAST = dict(dims=(4, 8), n=64, hidden=(8, 8), repeats=1)
+FULL = dict(dims=(16, 64), n=1024, hidden=(256, 256), repeats=5)
