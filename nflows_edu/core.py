@@ -38,6 +38,32 @@ def check_array(x, where, dim=None):
     return x
 
 
+
+def check_images(x, where, channels=None):
+    r"""Return ``x`` as an array after checking it is a finite, non-empty image batch of shape
+    ``(N, C, H, W)`` (with ``C == channels`` if given) of real numbers (floats; integers and
+    booleans are converted to float64).
+
+    The image counterpart of ``check_array``. Raises ``ValueError`` naming ``where`` (the
+    layer or function) and the shape it expected.
+    """
+    x = np.asarray(x)
+    expected = f"(N, {channels}, H, W)" if channels is not None else "(N, C, H, W)"
+    if x.dtype.kind not in "fiub":  # complex, datetime, strings, objects
+        raise ValueError(f"{where}: expected real numbers (a float or integer array), got "
+                         f"dtype {x.dtype}")
+    if x.ndim != 4 or (channels is not None and x.shape[1] != channels):
+        raise ValueError(f"{where}: expected an image batch of shape {expected}, got shape "
+                         f"{x.shape}")
+    if 0 in x.shape:
+        raise ValueError(f"{where}: expected a non-empty image batch of shape {expected}, got "
+                         f"shape {x.shape}")
+    if x.dtype.kind != "f":
+        x = x.astype(np.float64)
+    if not np.isfinite(x).all():
+        raise ValueError(f"{where}: expected finite values, got NaN or inf")
+    return x
+
 class Module:
     r"""Anything with parameters: ``params`` and ``grads`` dicts of arrays with the same keys.
 

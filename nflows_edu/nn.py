@@ -6,7 +6,7 @@ gradients into ``grads``.
 """
 import numpy as np
 
-from .core import Module, check_array
+from .core import Module, check_array, check_images
 
 ACTIVATIONS = ("relu", "leaky_relu", "tanh")
 
@@ -634,3 +634,104 @@ class LipschitzMLP(Module):
     def __repr__(self):
         return f"LipschitzMLP({self.sizes}, c={self.c}, {self.acts[0]!r})" if self.acts else \
             f"LipschitzMLP({self.sizes}, c={self.c})"
+
+
+# ---------------------------------------------------------------------------------------------
+# Convolutions on images (N, C, H, W): the conditioners of the image flows
+# ---------------------------------------------------------------------------------------------
+
+def im2col(x, k):
+    r"""The k x k patches of ``x`` (N, C, H, W), zero-padded by p = k // 2 ("same" size), as
+    the rows of one matrix:
+
+        cols[(n, h, w), (c, i, j)] = xp[n, c, h + i, w + j],   xp = x padded by p on H and W
+
+    Returns ``cols`` of shape (N H W, C k k). Row order (n, h, w) and column order (c, i, j)
+    match ``W.reshape(O, C k k)`` of a ``Conv2d`` weight.
+    """
+    n, c, h, w = x.shape
+    p = k // 2
+    xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
+    # a strided view (N, C, H, W, k, k), copied once into the matrix by the reshape
+    patches = np.lib.stride_tricks.sliding_window_view(xp, (k, k), axis=(2, 3))
+    return patches.transpose(0, 2, 3, 1, 4, 5).reshape(n * h * w, c * k * k)
+
+
+def col2im(dcols, shape, k):
+    r"""The adjoint of ``im2col``: add every patch gradient back onto the pixels it came from.
+
+        dx[n, c, h + i - p, w + j - p] += dcols[(n, h, w), (c, i, j)]   (inside the image)
+
+    ``dcols`` (N H W, C k k) -> dx of ``shape`` (N, C, H, W). One strided add per kernel
+    offset (i, j): k^2 array operations, not a loop over pixels.
+    """
+    n, c, h, w = shape
+    p = k // 2
+    d = dcols.reshape(n, h, w, c, k, k).transpose(0, 3, 4, 5, 1, 2)  # (N, C, k, k, H, W)
+    dxp = np.zeros((n, c, h + 2 * p, w + 2 * p), dtype=dcols.dtype)
+    for i in range(k):
+        for j in range(k):
+            dxp[:, :, i:i + h, j:j + w] += d[:, :, i, j]
+    return dxp[:, :, p:p + h, p:p + w]
+
+
+class Conv2d(Module):
+    r"""2-D convolution, stride 1, "same" zero padding, odd kernel size k.
+
+    Forward:  y[n, o, h, w] = b[o] + sum_{c, i, j} W[o, c, i, j] xp[n, c, h + i, w + j],
+              xp = x zero-padded by p = k // 2 on both sides of H and W;
+              computed as one matrix product of the patches:
+              cols = im2col(x)  (N H W, C k k);   Y = cols @ Wm^T + b,   Wm = W.reshape(O, C k k)
+              y = Y (N H W, O) reshaped to (N, H, W, O) and transposed to (N, O, H, W)
+    Backward: dY = dy transposed to (N, H, W, O), reshaped to (N H W, O)
+              dW = (dY^T @ cols).reshape(O, C, k, k);   db = sum_rows dY
+              dcols = dY @ Wm;   dx = col2im(dcols)  (each patch entry back to its pixel)
+
+    Shapes: x (N, C, H, W), y (N, O, H, W), W (O, C, k, k), b (O,). The cache is ``cols``
+    (and the input shape). ``zero=True`` starts with W = 0, b = 0 (Glow's last conditioner
+    layer, so a coupling starts as the identity); otherwise W, b ~ U(-1/sqrt(C k k),
+    1/sqrt(C k k)), as ``Linear``.
+
+    References: Dumoulin, Visin (2016), "A guide to convolution arithmetic", arXiv:1603.07285;
+    Chellapilla, Puri, Simard (2006), im2col for convolutional networks.
+    """
+
+    def __init__(self, n_in, n_out, kernel_size=3, rng=None, dtype=np.float64, zero=False):
+        super().__init__()
+        k = int(kernel_size)
+        if k != kernel_size or k < 1 or k % 2 == 0:
+            raise ValueError(f"Conv2d: expected an odd positive kernel_size (for 'same' "
+                             f"padding), got {kernel_size!r}")
+        rng = np.random.default_rng() if rng is None else rng
+        fan_in = n_in * k * k
+        bound = 1.0 / np.sqrt(fan_in)
+        shape = (n_out, n_in, k, k)
+        W = np.zeros(shape) if zero else rng.uniform(-bound, bound, shape)
+        b = np.zeros(n_out) if zero else rng.uniform(-bound, bound, n_out)
+        self.add_param("W", W.astype(dtype))
+        self.add_param("b", b.astype(dtype))
+        self.n_in, self.n_out, self.k = int(n_in), int(n_out), k
+
+    def forward(self, x):
+        x = check_images(x, "Conv2d", self.n_in)
+        return self._forward(x)
+
+    def _forward(self, x):
+        """``forward`` without the input check, for a caller that checked ``x`` already."""
+        n, _, h, w = x.shape
+        cols = im2col(x, self.k)
+        Wm = self.params["W"].reshape(self.n_out, -1)
+        Y = cols @ Wm.T + self.params["b"]
+        y = Y.reshape(n, h, w, self.n_out).transpose(0, 3, 1, 2)
+        return np.ascontiguousarray(y), (cols, x.shape)
+
+    def backward(self, dy, cache):
+        cols, shape = cache
+        dY = dy.transpose(0, 2, 3, 1).reshape(-1, self.n_out)
+        self.grads["W"] += (dY.T @ cols).reshape(self.params["W"].shape)
+        self.grads["b"] += dY.sum(axis=0)
+        dcols = dY @ self.params["W"].reshape(self.n_out, -1)
+        return col2im(dcols, shape, self.k)
+
+    def __repr__(self):
+        return f"Conv2d({self.n_in}, {self.n_out}, kernel_size={self.k})"
