@@ -56,3 +56,96 @@ def test_conv2d_zero_init_and_bad_input(rng):
     for k in (2, 0, 1.5):
         with pytest.raises(ValueError, match="odd"):
             Conv2d(2, 3, k)
+
+
+# ------------------------------------------------------------------------------- ActNorm
+from nflows_edu.bijectors import ActNorm, Invertible1x1Conv, LUInvertible1x1Conv  # noqa: E402
+
+
+def test_actnorm_initialize_normalizes_each_channel(rng):
+    layer = ActNorm(3)
+    x = rng.standard_normal((8, 3, 4, 5)) * np.array([0.1, 2.0, 5.0])[None, :, None, None] \
+        + np.array([-3.0, 0.5, 7.0])[None, :, None, None]
+    assert layer.initialize(x) is True
+    z, logdet, _ = layer.forward(x)
+    np.testing.assert_allclose(z.mean(axis=(0, 2, 3)), 0, atol=1e-12)
+    np.testing.assert_allclose(z.std(axis=(0, 2, 3)), 1, atol=1e-5)
+    np.testing.assert_allclose(logdet, 20 * -np.log(x.std(axis=(0, 2, 3)) + 1e-6).sum())
+    assert int(layer.buffers["initialized"]) == 1
+
+
+def test_actnorm_initialisation_is_saved_and_not_redone(rng):
+    layer = ActNorm(2)
+    layer.initialize(rng.standard_normal((4, 2, 3, 3)) * 3 + 1)
+    layer.params["log_s"] += 0.5  # as if trained
+    state = layer.state_dict()
+    assert "initialized" in state
+    loaded = ActNorm(2)
+    loaded.load_state_dict(state)
+    assert int(loaded.buffers["initialized"]) == 1
+    assert loaded.initialize(rng.standard_normal((4, 2, 3, 3))) is False
+    np.testing.assert_array_equal(loaded.params["log_s"], state["log_s"])
+    np.testing.assert_array_equal(loaded.params["b"], state["b"])
+    assert loaded.initialize(rng.standard_normal((4, 2, 3, 3)), force=True) is True
+    assert not np.array_equal(loaded.params["log_s"], state["log_s"])
+
+
+def test_actnorm_initialize_updates_parameters_in_place(rng):
+    layer = ActNorm(2)
+    arrays = [layer.params["log_s"], layer.params["b"]]
+    layer.initialize(rng.standard_normal((2, 2, 2, 2)))
+    assert layer.params["log_s"] is arrays[0] and layer.params["b"] is arrays[1]
+
+
+# ---------------------------------------------------------------------------- 1x1 convolutions
+def test_1x1_conv_is_a_per_pixel_matrix_product(rng):
+    layer = Invertible1x1Conv(3, rng=rng)
+    W = layer.params["W"]
+    np.testing.assert_allclose(W @ W.T, np.eye(3), atol=1e-12)  # starts as a rotation
+    np.testing.assert_allclose(np.linalg.det(W), 1.0, atol=1e-12)
+    x = rng.standard_normal((2, 3, 4, 5))
+    z, logdet, _ = layer.forward(x)
+    np.testing.assert_allclose(z, np.einsum("ij,njhw->nihw", W, x), atol=1e-14)
+    # a permutation matrix is the special case a fixed channel permutation is
+    layer.params["W"][...] = np.eye(3)[[2, 0, 1]]
+    z, logdet, _ = layer.forward(x)
+    np.testing.assert_array_equal(z, x[:, [2, 0, 1]])
+    np.testing.assert_allclose(logdet, 0, atol=1e-12)
+
+
+def test_lu_1x1_conv_weight_and_logdet_match_slogdet(rng):
+    layer = gradcheck.randomize_parameters(LUInvertible1x1Conv(4, rng=rng), rng, 0.3)
+    L_1, U_s = layer._factors()
+    W = layer.weight()
+    np.testing.assert_allclose(W, layer.buffers["P"] @ L_1 @ U_s)
+    np.testing.assert_allclose(L_1, np.tril(L_1)) and np.testing.assert_allclose(U_s, np.triu(U_s))
+    np.testing.assert_allclose(layer.log_abs_det(W), np.linalg.slogdet(W)[1], atol=1e-12)
+    np.testing.assert_allclose(layer.inverse_weight(W), np.linalg.inv(W), atol=1e-10)
+    _, logdet, _ = layer.forward(rng.standard_normal((2, 4, 3, 2)))
+    np.testing.assert_allclose(logdet, 6 * np.linalg.slogdet(W)[1], atol=1e-12)
+
+
+def test_lu_1x1_conv_starts_as_the_rotation_it_was_built_from():
+    plain = Invertible1x1Conv(5, rng=np.random.default_rng(3))
+    lu = LUInvertible1x1Conv(5, rng=np.random.default_rng(3))
+    np.testing.assert_allclose(lu.weight(), plain.params["W"], atol=1e-12)
+
+
+def test_lu_1x1_conv_rejects_a_loaded_non_permutation(rng):
+    layer = LUInvertible1x1Conv(3, rng=rng)
+    state = layer.state_dict()
+    state["P"] = np.full((3, 3), 0.5)
+    with pytest.raises(ValueError, match="permutation"):
+        layer.load_state_dict(state)
+
+
+@pytest.mark.parametrize("make", [lambda: ActNorm(3), lambda: Invertible1x1Conv(3),
+                                  lambda: LUInvertible1x1Conv(3)])
+def test_image_bijectors_name_the_expected_shape(make):
+    layer = make()
+    name = type(layer).__name__
+    for method in (layer.forward, layer.inverse):
+        with pytest.raises(ValueError, match=rf"{name}.*shape \(N, 3, H, W\).*\(2, 4, 5, 5\)"):
+            method(np.zeros((2, 4, 5, 5)))
+        with pytest.raises(ValueError, match=rf"{name}.*shape \(N, 3, H, W\)"):
+            method(np.zeros((2, 3, 5)))

@@ -2,6 +2,7 @@
 from .autoregressive import IAF, MAF
 from .coupling import AdditiveCoupling, AffineCoupling, alternating_mask
 from .elementwise import Scaling
+from .glow import ActNorm, Invertible1x1Conv, LUInvertible1x1Conv
 from .implicit import ImplicitBlock
 from .normalization import BatchNorm
 from .permutation import Permutation, Reverse
@@ -11,4 +12,5 @@ from .residual import ConvergenceError, ResidualBlock
 
 __all__ = ["AdditiveCoupling", "AffineCoupling", "alternating_mask", "Scaling", "Permutation",
            "Reverse", "ResidualBlock", "ConvergenceError", "ImplicitBlock", "MAF", "IAF",
-           "BatchNorm", "Logit", "ScaleToUnit", "dequantize", "Planar", "Radial"]
+           "BatchNorm", "Logit", "ScaleToUnit", "dequantize", "Planar", "Radial",
+           "ActNorm", "Invertible1x1Conv", "LUInvertible1x1Conv"]
