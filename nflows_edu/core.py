@@ -52,7 +52,7 @@ def check_images(x, where, channels=None):
     if x.dtype.kind not in "fiub":  # complex, datetime, strings, objects
         raise ValueError(f"{where}: expected real numbers (a float or integer array), got "
                          f"dtype {x.dtype}")
-    if x.ndim != 4 or (channels is not None and x.shape[1] != channels):
+    if x.ndim != 4:
         raise ValueError(f"{where}: expected an image batch of shape {expected}, got shape "
                          f"{x.shape}")
     if 0 in x.shape:
@@ -60,8 +60,12 @@ def check_images(x, where, channels=None):
                          f"shape {x.shape}")
     if x.dtype.kind != "f":
         x = x.astype(np.float64)
+    # values before the channel count: a NaN is the more basic fault, whatever the layout
     if not np.isfinite(x).all():
         raise ValueError(f"{where}: expected finite values, got NaN or inf")
+    if channels is not None and x.shape[1] != channels:
+        raise ValueError(f"{where}: expected an image batch of shape {expected}, got shape "
+                         f"{x.shape}")
     return x
 
 class Module:

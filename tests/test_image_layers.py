@@ -149,3 +149,31 @@ def test_image_bijectors_name_the_expected_shape(make):
             method(np.zeros((2, 4, 5, 5)))
         with pytest.raises(ValueError, match=rf"{name}.*shape \(N, 3, H, W\)"):
             method(np.zeros((2, 3, 5)))
+
+
+# ------------------------------------------------------------------------------------ Squeeze
+from nflows_edu.bijectors import Squeeze  # noqa: E402
+
+
+def test_squeeze_moves_each_2x2_block_into_channels(rng):
+    x = rng.standard_normal((2, 3, 4, 6))
+    z, logdet, _ = Squeeze(3).forward(x)
+    assert z.shape == (2, 12, 2, 3)
+    for c in range(3):
+        for i in range(2):
+            for j in range(2):
+                np.testing.assert_array_equal(z[:, 4 * c + 2 * i + j], x[:, c, i::2, j::2])
+    assert not logdet.any()
+    np.testing.assert_array_equal(Squeeze().inverse(z)[0], x)
+
+
+def test_squeeze_rejects_odd_sizes_and_wrong_channels():
+    for shape in [(1, 2, 3, 4), (1, 2, 4, 5)]:
+        with pytest.raises(ValueError, match="Squeeze.*even"):
+            Squeeze(2).forward(np.zeros(shape))
+    with pytest.raises(ValueError, match=r"Squeeze.*shape \(N, 2, H, W\)"):
+        Squeeze(2).forward(np.zeros((1, 3, 4, 4)))
+    with pytest.raises(ValueError, match=r"Squeeze.inverse.*shape \(N, 8, H, W\)"):
+        Squeeze(2).inverse(np.zeros((1, 4, 2, 2)))
+    with pytest.raises(ValueError, match="Squeeze.inverse.*multiple of 4"):
+        Squeeze().inverse(np.zeros((1, 6, 2, 2)))

@@ -8,9 +8,11 @@ from .normalization import BatchNorm
 from .permutation import Permutation, Reverse
 from .planar_radial import Planar, Radial
 from .preprocess import Logit, ScaleToUnit, dequantize
+from .reshape import Squeeze, squeeze, unsqueeze
 from .residual import ConvergenceError, ResidualBlock
 
 __all__ = ["AdditiveCoupling", "AffineCoupling", "alternating_mask", "Scaling", "Permutation",
            "Reverse", "ResidualBlock", "ConvergenceError", "ImplicitBlock", "MAF", "IAF",
            "BatchNorm", "Logit", "ScaleToUnit", "dequantize", "Planar", "Radial",
-           "ActNorm", "Invertible1x1Conv", "LUInvertible1x1Conv"]
+           "ActNorm", "Invertible1x1Conv", "LUInvertible1x1Conv", "Squeeze",
+           "squeeze", "unsqueeze"]
