@@ -735,3 +735,69 @@ class Conv2d(Module):
 
     def __repr__(self):
         return f"Conv2d({self.n_in}, {self.n_out}, kernel_size={self.k})"
+
+
+class ConvNet(Module):
+    r"""A stack of same-size convolutions with activations between them: the conditioner of
+    the image couplings.
+
+    Forward:  h_0 = x;  h_k = act(conv_k(h_{k-1}));  y = conv_K(h_{K-1})
+    Backward: the layers' backward passes in reverse order.
+
+    Glow's conditioner is ``ConvNet((C, hidden, hidden, C_out), kernels=(3, 1, 3),
+    activation="relu", zero_last=True)``: 3x3 conv, ReLU, 1x1 conv, ReLU, zero-initialised
+    3x3 conv (the coupling then starts as the identity).
+
+    Parameters
+    ----------
+    channels : sequence of int, ``(C_in, hidden_1, ..., C_out)``
+    kernels : sequence of odd int, one per convolution (``len(channels) - 1``)
+    activation : {"relu", "leaky_relu", "tanh"}
+    zero_last : bool, initialise the last convolution to zero
+
+    Shapes: x (N, C_in, H, W) -> y (N, C_out, H, W).
+
+    References: Kingma, Dhariwal (2018), arXiv:1807.03039, section 3.3.
+    """
+
+    def __init__(self, channels, kernels=None, activation="relu", zero_last=False, rng=None,
+                 dtype=np.float64):
+        super().__init__()
+        self.channels = tuple(int(c) for c in channels)
+        if len(self.channels) < 2:
+            raise ValueError(f"ConvNet: expected channels (C_in, ..., C_out), got {channels!r}")
+        n_convs = len(self.channels) - 1
+        kernels = (3,) * n_convs if kernels is None else tuple(kernels)
+        if len(kernels) != n_convs:
+            raise ValueError(f"ConvNet: expected {n_convs} kernel sizes (one per convolution), "
+                             f"got {kernels!r}")
+        rng = np.random.default_rng() if rng is None else rng
+        self.layers = []
+        for k, (c_in, c_out, size) in enumerate(zip(self.channels[:-1], self.channels[1:],
+                                                    kernels)):
+            last = k == n_convs - 1
+            self.layers.append(Conv2d(c_in, c_out, size, rng, dtype, zero=last and zero_last))
+            if not last:
+                self.layers.append(make_activation(activation))
+
+    def forward(self, x):
+        x = check_images(x, "ConvNet", self.channels[0])
+        return self._forward(x)
+
+    def _forward(self, x):
+        """``forward`` without the input check, for a caller that checked ``x`` already."""
+        caches = []
+        for layer in self.layers:
+            x, cache = layer._forward(x) if isinstance(layer, Conv2d) else layer.forward(x)
+            caches.append(cache)
+        return x, caches
+
+    def backward(self, dy, caches):
+        for layer, cache in zip(reversed(self.layers), reversed(caches)):
+            dy = layer.backward(dy, cache)
+        return dy
+
+    def __repr__(self):
+        kernels = tuple(layer.k for layer in self.layers if isinstance(layer, Conv2d))
+        act = f", {self.layers[1]!r}" if len(self.layers) > 1 else ""
+        return f"ConvNet({self.channels}, kernels={kernels}{act})"

@@ -177,3 +177,14 @@ def test_squeeze_rejects_odd_sizes_and_wrong_channels():
         Squeeze(2).inverse(np.zeros((1, 4, 2, 2)))
     with pytest.raises(ValueError, match="Squeeze.inverse.*multiple of 4"):
         Squeeze().inverse(np.zeros((1, 6, 2, 2)))
+
+
+def test_convnet_backward_against_central_differences(rng):
+    from nflows_edu.nn import ConvNet
+    net = gradcheck.randomize_parameters(
+        ConvNet((2, 3, 3, 4), kernels=(3, 1, 3), activation="tanh", zero_last=True, rng=rng),
+        rng, 0.3)
+    errors = gradcheck.check_module(net, rng.standard_normal((2, 2, 3, 4)), rng)
+    assert max(errors.values()) <= 1e-6, errors
+    with pytest.raises(ValueError, match="kernel sizes"):
+        ConvNet((2, 3, 4), kernels=(3,))

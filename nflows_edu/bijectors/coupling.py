@@ -31,6 +31,30 @@ def soft_bound_backward(ds, s, s_max):
     return ds * (1 - (s / s_max) ** 2)
 
 
+# The affine transform of the changed half, on arrays of any shape (vectors (N, D_b) here,
+# masked images (N, C, H, W) in ``image_coupling``); ``dlogdet`` comes broadcastable to ``s``.
+def affine_forward(x_b, s, t):
+    r"""z_b = x_b * exp(s) + t."""
+    return x_b * np.exp(s) + t
+
+
+def affine_inverse(z_b, s, t):
+    r"""x_b = (z_b - t) * exp(-s)."""
+    return (z_b - t) * np.exp(-s)
+
+
+def affine_backward(dz_b, x_b, s, dlogdet):
+    r"""VJP of (z_b, logdet = sum s):  dx_b = dz_b * exp(s);  ds = dz_b * x_b * exp(s) + dlogdet;
+    dt = dz_b.  Returns (dx_b, ds, dt)."""
+    return dz_b * np.exp(s), dz_b * x_b * np.exp(s) + dlogdet, dz_b
+
+
+def affine_inverse_backward(dx_b, x_b, s, dlogdet):
+    r"""VJP of (x_b, logdet = -sum s):  dz_b = dx_b * exp(-s);  ds = -dx_b * x_b - dlogdet;
+    dt = -dz_b.  Returns (dz_b, ds, dt)."""
+    dz_b = dx_b * np.exp(-s)
+    return dz_b, -dx_b * x_b - dlogdet, -dz_b
+
 class _Coupling(Bijector):
     """Shared mask bookkeeping: ``idx_a`` (mask == 1, kept) and ``idx_b`` (mask == 0, changed).
 
@@ -161,31 +185,27 @@ class AffineCoupling(_Coupling):
         x = self._check(x)
         x_a, x_b = self._split(x)
         s, t, net_cache = self._scale_shift(x_a)
-        z_b = x_b * np.exp(s) + t
+        z_b = affine_forward(x_b, s, t)
         return self._join(x_a, z_b), s.sum(axis=1), (x_b, s, net_cache)
 
     def inverse(self, z):
         z = self._check(z)
         z_a, z_b = self._split(z)
         s, t, net_cache = self._scale_shift(z_a)
-        x_b = (z_b - t) * np.exp(-s)
+        x_b = affine_inverse(z_b, s, t)
         return self._join(z_a, x_b), -s.sum(axis=1), (x_b, s, net_cache)
 
     def backward(self, dz, dlogdet, cache):
         x_b, s, net_cache = cache
         dz_a, dz_b = self._split(dz)
-        dx_b = dz_b * np.exp(s)
-        ds = dz_b * x_b * np.exp(s) + dlogdet[:, None]
-        dt = dz_b
+        dx_b, ds, dt = affine_backward(dz_b, x_b, s, dlogdet[:, None])
         dx_a = dz_a + self._net_backward(ds, dt, s, net_cache)
         return self._join(dx_a, dx_b)
 
     def inverse_backward(self, dx, dlogdet, cache):
         x_b, s, net_cache = cache
         dx_a, dx_b = self._split(dx)
-        dz_b = dx_b * np.exp(-s)
-        ds = -dx_b * x_b - dlogdet[:, None]
-        dt = -dz_b
+        dz_b, ds, dt = affine_inverse_backward(dx_b, x_b, s, dlogdet[:, None])
         dz_a = dx_a + self._net_backward(ds, dt, s, net_cache)
         return self._join(dz_a, dz_b)
 
