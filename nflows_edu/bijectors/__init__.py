@@ -3,6 +3,7 @@ from .autoregressive import IAF, MAF
 from .coupling import AdditiveCoupling, AffineCoupling, alternating_mask
 from .elementwise import Scaling
 from .glow import ActNorm, Invertible1x1Conv, LUInvertible1x1Conv
+from .image_coupling import ImageAffineCoupling, channel_mask, checkerboard_mask
 from .implicit import ImplicitBlock
 from .normalization import BatchNorm
 from .permutation import Permutation, Reverse
@@ -15,4 +16,5 @@ __all__ = ["AdditiveCoupling", "AffineCoupling", "alternating_mask", "Scaling", 
            "Reverse", "ResidualBlock", "ConvergenceError", "ImplicitBlock", "MAF", "IAF",
            "BatchNorm", "Logit", "ScaleToUnit", "dequantize", "Planar", "Radial",
            "ActNorm", "Invertible1x1Conv", "LUInvertible1x1Conv", "Squeeze",
-           "squeeze", "unsqueeze"]
+           "squeeze", "unsqueeze", "ImageAffineCoupling",
+           "checkerboard_mask", "channel_mask"]
