@@ -11,7 +11,6 @@ Kingma, Dhariwal (2018), "Glow: Generative flow with invertible 1x1 convolutions
 arXiv:1807.03039.
 """
 import numpy as np
-from scipy.linalg import solve_triangular
 
 from ..core import Bijector, check_images
 from ..gradcheck import register
@@ -243,7 +242,7 @@ class LUInvertible1x1Conv(Invertible1x1Conv):
     """
 
     def _init_weight(self, W, dtype):
-        from scipy.linalg import lu
+        from scipy.linalg import lu  # here: importing the library stays light
         P, L_1, U_s = lu(W)  # W = P @ L_1 @ U_s
         d = np.diag(U_s)
         c = self.channels
@@ -268,6 +267,7 @@ class LUInvertible1x1Conv(Invertible1x1Conv):
         return self.buffers["P"] @ L_1 @ U_s
 
     def inverse_weight(self, W):
+        from scipy.linalg import solve_triangular  # here: importing the library stays light
         L_1, U_s = self._factors()
         PT = self.buffers["P"].T
         return solve_triangular(U_s, solve_triangular(L_1, PT, lower=True, unit_diagonal=True))

@@ -130,7 +130,7 @@ class ImageAffineCoupling(Bijector):
 
 
 # ------------------------------------------------------------------ the gradcheck registry
-# ``dim`` is the number of channels; tanh nets (smooth, for central differences), small
+# ``dim`` is the number of channels; names short enough for the check table's column (28); tanh nets (smooth, for central differences), small
 # images and nets so the numerical Jacobian and parameter gradients stay cheap. The zero-
 # initialised last convolution is moved off zero by the registry's default randomize.
 def _small_images(layer, n, rng):
@@ -138,11 +138,11 @@ def _small_images(layer, n, rng):
     return rng.standard_normal((n, layer.channels, h, w))
 
 
-register("ImageAffineCoupling(checkerboard)",
+register("ImageCoupling(checkerboard)",
          lambda d, r: ImageAffineCoupling(d, "checkerboard", int(r.integers(2)), hidden=(3,),
                                           activation="tanh", s_max=2.0, rng=r),
          inputs=_small_images)
-register("ImageAffineCoupling(channel)",
+register("ImageCoupling(channel)",
          lambda d, r: ImageAffineCoupling(d, "channel", int(r.integers(2)), hidden=(3,),
                                           kernels=(3, 1), activation="tanh", s_max=2.0, rng=r),
          inputs=_small_images)
