@@ -448,6 +448,14 @@ def cmd_check(args):
     for report in gradcheck.check_all(args.seed, args.draws, names):
         print(report.row(), flush=True)
         reports.append(report)
+    if args.draws > 1:
+        print(f"\nworst of {args.draws} draws per layer:")
+        print(gradcheck.CheckReport.HEADER.rsplit("result", 1)[0].rstrip())
+        for name in dict.fromkeys(r.name for r in reports):
+            mine = [r for r in reports if r.name == name]
+            print(f"{name:28s} {max(r.roundtrip for r in mine):11.1e} "
+                  f"{max(max(r.logdet, r.logdet_cancel) for r in mine):11.1e} "
+                  f"{max(r.max_grad_error for r in mine):10.1e}")
     failed = [r.name for r in reports if not r.passed()]
     if failed:
         print(f"FAILED: {len(failed)} of {len(reports)} checks ({', '.join(dict.fromkeys(failed))})")
