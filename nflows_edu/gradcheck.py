@@ -286,7 +286,7 @@ def randomize_parameters(module, rng, scale=0.5):
 # ---------------------------------------------------------------------------------------------
 
 @dataclass
-class Registration:
+class _Registration:
     """How to build one registered layer for the checks (see ``register``)."""
 
     name: str
@@ -330,7 +330,7 @@ def register(name, build, inputs=None, randomize=None):
     """
     if name in _REGISTRY:
         raise ValueError(f"register: a layer called {name!r} is registered already")
-    _REGISTRY[name] = Registration(name, build, inputs, randomize)
+    _REGISTRY[name] = _Registration(name, build, inputs, randomize)
 
 
 def unregister(name):

@@ -32,7 +32,9 @@ class Linear(Module):
         self.n_in, self.n_out = n_in, n_out
 
     def forward(self, x):
-        y = x @ self.params["W"] + self.params["b"]
+        # np.dot is the same product as x @ W; NumPy's @ does not hand an inner dimension of 1
+        # to BLAS (the first layer of a coupling on 2-D data), and is 6x slower there.
+        y = np.dot(x, self.params["W"]) + self.params["b"]
         return y, x
 
     def backward(self, dy, cache):

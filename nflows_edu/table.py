@@ -67,7 +67,32 @@ FAMILIES = [
         d, N_LAYERS, rng=rng, dtype=dtype),
         dict(inference="1 (closed form)", sampling="1", density="1 (closed form)",
              training="1"), trains="inverse"),
+    # Residual and implicit flows: "k it" is the measured mean number of fixed-point or
+    # root-finding iterations per block (each one a network pass), filled in by ``run``.
+    Family("i-ResNet", lambda d, rng, hidden, dtype: models.iresnet(
+        d, N_LAYERS, hidden, logdet="series", rng=rng, dtype=dtype),
+        dict(inference="1 + series", sampling="fixed point", density="1 + series",
+             training="1 + series")),
+    Family("ResFlow", lambda d, rng, hidden, dtype: models.resflow(
+        d, N_LAYERS, hidden, rng=rng, dtype=dtype),
+        dict(inference="1 + roulette", sampling="fixed point", density="1 + roulette",
+             training="1 + roulette")),
+    Family("ImpFlow", lambda d, rng, hidden, dtype: models.impflow(
+        d, N_LAYERS, hidden, logdet="roulette", rng=rng, dtype=dtype),
+        dict(inference="root finding", sampling="root finding", density="root finding",
+             training="root finding")),
 ]
+
+
+def _iterations(cache):
+    """Every ``iterations`` count found in a (nested) cache: the solver's iterations."""
+    if isinstance(cache, dict):
+        found = [cache["iterations"]] if isinstance(cache.get("iterations"), int) else []
+        return found + [i for key, v in cache.items() if key != "iterations"
+                        for i in _iterations(v)]
+    if isinstance(cache, (list, tuple)):
+        return [i for v in cache for i in _iterations(v)]
+    return []
 
 
 def _best_time(fn, repeats):
@@ -118,7 +143,13 @@ def time_family(family, dim, n, hidden, repeats, dtype=np.float64, seed=0):
                sampling=lambda: flow.sample(n, rng),
                density=lambda: flow.log_prob(x),
                training=train_step)
-    return {op: _best_time(ops[op], repeats) for op in OPERATIONS}
+    times = {op: _best_time(ops[op], repeats) for op in OPERATIONS}
+    # mean solver iterations per block in each direction (none for the other families)
+    iterations = {"inference": _iterations(flow.bijector.forward(x)[2]),
+                  "sampling": _iterations(flow.bijector.inverse(z)[2])}
+    iterations["density"] = iterations["inference"]
+    times["iterations"] = {op: float(np.mean(v)) for op, v in iterations.items() if v}
+    return times
 
 
 def run(dims=(16, 64), n=1024, hidden=(256, 256), repeats=3, families=None, dtype=np.float64,
@@ -131,7 +162,12 @@ def run(dims=(16, 64), n=1024, hidden=(256, 256), repeats=3, families=None, dtyp
         for family in families:
             times = {d: time_family(family, d, n, hidden, repeats, dtype, seed) for d in dims}
             for op in OPERATIONS:
-                rows.append(dict(family=family.name, operation=op, passes=family.passes[op],
+                passes = family.passes[op]
+                counts = [times[d]["iterations"][op] for d in dims
+                          if op in times[d]["iterations"]]
+                if counts:
+                    passes += " (" + "/".join(f"{c:.0f}" for c in counts) + " it)"
+                rows.append(dict(family=family.name, operation=op, passes=passes,
                                  trains=family.trains, times={d: times[d][op] for d in dims}))
     return rows
 
@@ -141,13 +177,15 @@ def format_table(rows, dims, n, hidden, repeats, dtype=np.float64):
     growth from the first to the last ``dims``."""
     lo, hi = dims[0], dims[-1]
     lines = [f"N = {n} points, {np.dtype(dtype).name}, {N_LAYERS} layers per flow, hidden "
-             f"{'x'.join(map(str, hidden))} (NICE, RealNVP, MAF, IAF), 1 BLAS thread, best of "
+             f"{'x'.join(map(str, hidden))} (every network), 1 BLAS thread, best of "
              f"{repeats}; CPU times in ms",
              "passes: network passes per layer (1 = all features at once; D = one per feature, "
-             "in order)",
+             "in order;",
+             "        (a/b it) = mean solver iterations per block, each a network pass, at each D;"
+             " series/roulette: the stochastic log-det's extra passes)",
              "training: one Adam step, maximum likelihood (ML) or reverse KL (RKL)",
              ""]
-    header = (f"{'family':9s} {'operation':17s} {'passes':16s}"
+    header = (f"{'family':9s} {'operation':17s} {'passes':26s}"
               + "".join(f"{'D=' + str(d):>10s}" for d in dims) + f"{f'{hi}/{lo}':>8s}")
     lines += [header, "-" * len(header)]
     previous = None
@@ -158,7 +196,7 @@ def format_table(rows, dims, n, hidden, repeats, dtype=np.float64):
         if op == "training":
             op += " (ML)" if row["trains"] == "forward" else " (RKL)"
         ratio = row["times"][hi] / row["times"][lo]
-        lines.append(f"{name:9s} {op:17s} {row['passes']:16s}"
+        lines.append(f"{name:9s} {op:17s} {row['passes']:26s}"
                      + "".join(f"{1e3 * row['times'][d]:10.3f}" for d in dims)
                      + f"{ratio:8.2f}")
     return "\n".join(lines)

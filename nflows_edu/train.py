@@ -128,16 +128,19 @@ def fit(flow, data, steps=1000, batch_size=256, lr=1e-3, rng=None, val_data=None
 
 def _fit_loop(flow, data, params, opt, steps, batch_size, lr, rng, val_data, schedule, warmup,
               clip, eval_every, keep_best, diverge, progress):
-    last_good = [p.copy() for _, p, _ in params]  # the parameters before the current step
-    best = [p.copy() for _, p, _ in params] if keep_best else None
+    # The parameters, and the float buffers a training step changes (BatchNorm's running
+    # averages), as they were before the current step.
+    state = [p for _, p, _ in params] + [b for _, b in flow.named_buffers() if b.dtype.kind == "f"]
+    last_good = [a.copy() for a in state]
+    best = flow.state_dict() if keep_best else None
     history = {"loss": [], "step": [], "train_nll": [], "val_nll": [], "interrupted": False}
     lowest = math.inf
     order, start = rng.permutation(len(data)), 0
     bar = tqdm(range(int(steps)), disable=not progress, desc="NLL", leave=False)
 
     def stop(step, why):
-        for (_, p, _), good in zip(params, last_good):
-            p[...] = good
+        for a, good in zip(state, last_good):
+            a[...] = good
         bar.close()
         kept = ("the initial parameters" if step == 0 else
                 f"the parameters of step {step}, the last with an acceptable loss")
@@ -166,44 +169,46 @@ def _fit_loop(flow, data, params, opt, steps, batch_size, lr, rng, val_data, sch
                 stop(step, f"the loss exploded to {loss:.4g}, {loss - lowest:.3g} nats above "
                      f"its lowest value so far (the limit is diverge={diverge:g})")
             lowest = min(lowest, loss)
-            for (_, p, _), good in zip(params, last_good):
-                np.copyto(good, p)
+            for a, good in zip(state, last_good):
+                np.copyto(good, a)
             opt.lr = learning_rate(step, steps, lr, schedule, warmup)
             opt.step()
             history["loss"].append(loss)
             if progress and (step + 1) % 25 == 0:  # the running NLL: mean of the last 25 batches
                 bar.set_postfix(nll=f"{np.mean(history['loss'][-25:]):.3f}", refresh=False)
             if (step + 1) % eval_every == 0 or step + 1 == steps:
-                _evaluate(flow, history, step, eval_every, val_data, params, best, bar, progress)
+                _evaluate(flow, history, step, eval_every, val_data, best, bar, progress)
     except KeyboardInterrupt:
         # Ctrl-C may land inside the optimizer's in-place update: go back to the last
         # parameters that a whole step produced.
-        for (_, p, _), good in zip(params, last_good):
-            p[...] = good
+        for a, good in zip(state, last_good):
+            a[...] = good
         history["interrupted"] = True
         bar.write(f"interrupted after {len(history['loss'])} steps; keeping the parameters "
                   "of the last completed step")
     bar.close()
     if best is not None and history["val_nll"]:
-        for (_, p, _), b in zip(params, best):
-            p[...] = b
+        flow.load_state_dict(best)
         i = int(np.argmin(history["val_nll"]))
         history["best_step"], history["best_val_nll"] = history["step"][i], history["val_nll"][i]
     return history
 
 
-def _evaluate(flow, history, step, eval_every, val_data, params, best, bar, progress):
-    """Record the training NLL since the last report and the validation NLL; remember the
-    parameters if they are the best so far."""
+def _evaluate(flow, history, step, eval_every, val_data, best, bar, progress):
+    """Record the training NLL since the last report and the validation NLL (in evaluation
+    mode: BatchNorm uses its running averages and leaves them alone); remember the parameters
+    and buffers if they are the best so far."""
     recent = history["loss"][-eval_every:]
     history["step"].append(step + 1)
     history["train_nll"].append(float(np.mean(recent)))
     if val_data is None:
         return
+    training = flow.training
+    flow.eval()
     val = nll(flow, val_data)
+    flow.train(training)
     if best is not None and (not history["val_nll"] or val < min(history["val_nll"])):
-        for (_, p, _), b in zip(params, best):
-            np.copyto(b, p)
+        best.update(flow.state_dict())
     history["val_nll"].append(val)
     if progress:
         bar.write(f"step {step + 1}: train NLL {history['train_nll'][-1]:.4f}, "

@@ -186,8 +186,9 @@ def test_check_prints_a_row_per_layer(capsys):
 
 def test_check_one_layer_several_draws(capsys):
     assert cli.main(["check", "--layer", "Scaling", "--draws", "3"]) == 0
-    rows = capsys.readouterr().out.strip().splitlines()[2:-1]
-    assert [row.split()[0] for row in rows] == ["Scaling"] * 3
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [row.split()[0] for row in lines[2:5]] == ["Scaling"] * 3
+    assert lines[6] == "worst of 3 draws per layer:" and lines[8].split()[0] == "Scaling"
     assert cli.main(["check", "--layer", "NoSuchLayer"]) == 2
     assert "NoSuchLayer" in capsys.readouterr().err
 

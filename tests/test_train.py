@@ -101,3 +101,28 @@ def test_auto_threads_choose_one_thread_for_small_products(rng):
         from threadpoolctl import threadpool_info
         assert n == 1
         assert all(p["num_threads"] == 1 for p in threadpool_info() if p["user_api"] == "blas")
+
+
+def test_validation_runs_in_eval_mode_and_keep_best_restores_buffers(rng):
+    """With BatchNorm: validation must not update the running averages, and the best state
+    includes them."""
+    flow = models.maf(2, n_layers=2, hidden=(8, 8), batch_norm=True, rng=rng)
+    data, val = _data(rng, 2000), _data(rng, 500) + 5.0  # a shifted validation set
+    seen = []
+    real = train.nll
+
+    def spy(flow_, data_, *args):
+        seen.append(flow_.training)
+        return real(flow_, data_, *args)
+
+    train.nll = spy
+    try:
+        h = train.fit(flow, data, steps=40, batch_size=64, rng=rng, val_data=val,
+                      eval_every=10, keep_best=True, progress=False)
+    finally:
+        train.nll = real
+    assert seen == [False] * 4 and flow.training
+    means = [b for n, b in flow.named_buffers() if "mean" in n]
+    assert means and all(np.abs(m).max() < 2.0 for m in means)  # never pulled towards +5
+    flow.eval()
+    assert train.nll(flow, val) == pytest.approx(h["best_val_nll"], rel=1e-12)
