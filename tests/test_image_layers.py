@@ -229,3 +229,20 @@ def test_image_coupling_rejects_bad_configuration():
         ImageAffineCoupling(2, "stripes")
     with pytest.raises(ValueError, match=r"ImageAffineCoupling.*shape \(N, 2, H, W\)"):
         ImageAffineCoupling(2).forward(np.zeros((1, 3, 4, 4)))
+
+
+def test_image_layers_keep_float32(rng):
+    """Training runs in float32: every output, log-det and gradient stays float32."""
+    from nflows_edu.bijectors import Squeeze as Sq
+    x = rng.standard_normal((2, 4, 4, 4)).astype(np.float32)
+    layers = [ActNorm(4, dtype=np.float32), Invertible1x1Conv(4, rng=rng, dtype=np.float32),
+              LUInvertible1x1Conv(4, rng=rng, dtype=np.float32), Sq(4),
+              ImageAffineCoupling(4, hidden=(8,), rng=rng, dtype=np.float32)]
+    for layer in layers:
+        z, logdet, cache = layer.forward(x)
+        x_back, logdet_inv, cache_inv = layer.inverse(z)
+        dx = layer.backward(z, logdet, cache)
+        dz = layer.inverse_backward(x_back, logdet_inv, cache_inv)
+        arrays = [z, logdet, x_back, logdet_inv, dx, dz] + [g for _, _, g in layer.parameters()]
+        assert all(a.dtype == np.float32 for a in arrays), type(layer).__name__
+        assert np.abs(x_back - x).max() < 1e-5
