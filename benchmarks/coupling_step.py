@@ -59,13 +59,7 @@ def blas_info():
 
 def timed(fn, repeats, warmup):
     """(median, best) wall time of ``fn()`` in seconds, after ``warmup`` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
+    times = timed_all(fn, repeats, warmup)
     return float(np.median(times)), float(np.min(times))
 
 
@@ -136,6 +130,7 @@ def time_variants(case, repeats, rounds=5):
 
 
 def timed_all(fn, repeats, warmup):
+    """Every one of ``repeats`` wall times of ``fn()``, after ``warmup`` untimed calls."""
     for _ in range(warmup):
         fn()
     out = []

@@ -199,6 +199,19 @@ def _prepare_out(out, overwrite):
     return model_path
 
 
+def _write_metrics(out, written, metrics):
+    """Write ``metrics.json`` into ``out``, list every file written, return ``metrics``."""
+    written.append(os.path.join(out, "metrics.json"))
+    with open(written[-1], "w") as f:
+        json.dump(metrics, f, indent=2)
+        f.write("\n")
+    print("wrote:")
+    for path in written:
+        print(f"  {path}")
+    print(f"wall time: {metrics['seconds']:.1f} s (training {metrics['train_seconds']:.1f} s)")
+    return metrics
+
+
 def run_training(model, data, steps, batch_size, lr, out, seed=0, n_layers=None,
                  hidden=(64, 64), dtype="float64", overwrite=False, progress=True,
                  warmup=WARMUP, clip=CLIP, threads="auto"):
@@ -259,15 +272,7 @@ def _train_and_report(flow, model, data, x, steps, batch_size, lr, out, seed, rn
                    lr=lr, warmup=warmup, seed=seed, test_nll=test_nll, kl=kl, kl_se=kl_se,
                    n_test=len(test), interrupted=history["interrupted"],
                    train_seconds=round(train_seconds, 3), seconds=round(seconds, 3))
-    written.append(os.path.join(out, "metrics.json"))
-    with open(written[-1], "w") as f:
-        json.dump(metrics, f, indent=2)
-        f.write("\n")
-    print("wrote:")
-    for path in written:
-        print(f"  {path}")
-    print(f"wall time: {seconds:.1f} s (training {train_seconds:.1f} s)")
-    return metrics
+    return _write_metrics(out, written, metrics)
 
 
 def cmd_demo(args):
@@ -377,15 +382,7 @@ def run_digits(model, steps, batch_size, lr, out, seed=0, n_layers=None, dtype="
                    best_val_nll=history["best_val_nll"], test_nll=test_nll, test_bpd=test_bpd,
                    train_bpd=train_bpd, train_seconds=round(train_seconds, 3),
                    seconds=round(seconds, 3))
-    written.append(os.path.join(out, "metrics.json"))
-    with open(written[-1], "w") as f:
-        json.dump(metrics, f, indent=2)
-        f.write("\n")
-    print("wrote:")
-    for path in written:
-        print(f"  {path}")
-    print(f"wall time: {seconds:.1f} s (training {train_seconds:.1f} s)")
-    return metrics
+    return _write_metrics(out, written, metrics)
 
 
 def load_model(path):

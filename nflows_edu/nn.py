@@ -108,7 +108,37 @@ def make_activation(name):
     raise ValueError(f"make_activation: expected one of {ACTIVATIONS}, got {name!r}")
 
 
-class MLP(Module):
+class Sequential(Module):
+    r"""Layers applied one after the other: what ``MLP``, ``MADE`` and ``ConvNet`` share.
+
+    Forward:  h_0 = x;  h_k = layer_k(h_{k-1});  y = h_K
+    Backward: dh_K = dy;  dh_{k-1} = layer_k.backward(dh_k), from the last layer to the first.
+
+    ``layers`` is a list of modules; ``forward`` checks the input, ``_forward`` skips the check
+    for a caller that has checked it already (a coupling layer checks its own input).
+    """
+
+    def __init__(self, layers=()):
+        super().__init__()
+        self.layers = list(layers)
+
+    def forward(self, x):
+        return self._forward(x)
+
+    def _forward(self, x):
+        caches = []
+        for layer in self.layers:
+            x, cache = layer.forward(x)
+            caches.append(cache)
+        return x, caches
+
+    def backward(self, dy, caches):
+        for layer, cache in zip(reversed(self.layers), reversed(caches)):
+            dy = layer.backward(dy, cache)
+        return dy
+
+
+class MLP(Sequential):
     r"""Multi-layer perceptron: Linear, activation, ..., Linear.
 
     Forward:  h_0 = x;  h_k = act(h_{k-1} @ W_k + b_k);  y = h_{K-1} @ W_K + b_K
@@ -139,20 +169,6 @@ class MLP(Module):
     def forward(self, x):
         x = check_array(x, "MLP", self.sizes[0])
         return self._forward(x)
-
-    def _forward(self, x):
-        """``forward`` without the input check, for a caller that has checked ``x`` already
-        (a coupling layer checks its own input)."""
-        caches = []
-        for layer in self.layers:
-            x, cache = layer.forward(x)
-            caches.append(cache)
-        return x, caches
-
-    def backward(self, dy, caches):
-        for layer, cache in zip(reversed(self.layers), reversed(caches)):
-            dy = layer.backward(dy, cache)
-        return dy
 
     def __repr__(self):
         return f"MLP({self.sizes}, {self.layers[1]!r})" if len(self.layers) > 1 else \
@@ -251,7 +267,7 @@ class MaskedLinear(Module):
         return f"MaskedLinear({self.n_in}, {self.n_out})"
 
 
-class MADE(Module):
+class MADE(Sequential):
     r"""Masked autoencoder for distribution estimation: outputs ``(mu, alpha)`` per feature,
     each depending only on the features that come before it in the order.
 
@@ -325,19 +341,6 @@ class MADE(Module):
     def forward(self, x):
         x = check_array(x, "MADE", self.dim)
         return self._forward(x)
-
-    def _forward(self, x):
-        """``forward`` without the input check, for a caller that checked ``x`` already."""
-        caches = []
-        for layer in self.layers:
-            x, cache = layer.forward(x)
-            caches.append(cache)
-        return x, caches
-
-    def backward(self, dout, caches):
-        for layer, cache in zip(reversed(self.layers), reversed(caches)):
-            dout = layer.backward(dout, cache)
-        return dout
 
     def __repr__(self):
         return (f"MADE(dim={self.dim}, hidden={self.hidden}, order={self.order.tolist()}, "
@@ -739,7 +742,7 @@ class Conv2d(Module):
         return f"Conv2d({self.n_in}, {self.n_out}, kernel_size={self.k})"
 
 
-class ConvNet(Module):
+class ConvNet(Sequential):
     r"""A stack of same-size convolutions with activations between them: the conditioner of
     the image couplings.
 
@@ -793,11 +796,6 @@ class ConvNet(Module):
             x, cache = layer._forward(x) if isinstance(layer, Conv2d) else layer.forward(x)
             caches.append(cache)
         return x, caches
-
-    def backward(self, dy, caches):
-        for layer, cache in zip(reversed(self.layers), reversed(caches)):
-            dy = layer.backward(dy, cache)
-        return dy
 
     def __repr__(self):
         kernels = tuple(layer.k for layer in self.layers if isinstance(layer, Conv2d))

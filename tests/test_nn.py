@@ -92,3 +92,12 @@ def test_mlp_rejects_bad_input(rng):
         net.forward(np.array([[0.0, np.inf, 1.0]]))
     with pytest.raises(ValueError, match="make_activation"):
         make_activation("sigmoid")
+
+
+def test_mlp_made_and_convnet_share_sequential(rng):
+    from nflows_edu.nn import MADE, ConvNet, MLP, Sequential, Tanh
+    assert all(issubclass(c, Sequential) for c in (MLP, MADE, ConvNet))
+    net = Sequential([Linear(3, 4, rng), Tanh(), Linear(4, 2, rng)])
+    errors = gradcheck.check_module(net, rng.standard_normal((5, 3)), rng)
+    assert max(errors.values()) < 1e-7 and set(errors) == {"x", "layers.0.W", "layers.0.b",
+                                                           "layers.2.W", "layers.2.b"}
