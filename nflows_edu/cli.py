@@ -152,7 +152,8 @@ def build_parser():
     tr.add_argument("--n-layers", type=positive_int, default=None,
                     help="coupling layers (default: the model's own, 4 for nice, 8 for realnvp)")
     tr.add_argument("--hidden", type=hidden_sizes, default=(64, 64),
-                    help="hidden layer widths of each coupling net (default 64,64)")
+                    help="hidden layer widths of each network: coupling nets, MADEs, residual "
+                    "blocks (default 64,64)")
     tr.add_argument("--dtype", choices=("float64", "float32"), default="float64")
     tr.add_argument("--clip", type=positive_float, default=CLIP,
                     help=f"clip the gradient norm to this (default {CLIP:g})")

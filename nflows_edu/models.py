@@ -250,8 +250,7 @@ def build(config):
 def _simple_flow(name, layer_class, dim, n_layers, rng, dtype):
     if int(dim) != dim or dim < 1:
         raise ValueError(f"{name}: expected a positive dim, got {dim!r}")
-    if int(n_layers) != n_layers or n_layers < 1:
-        raise ValueError(f"{name}: expected a positive n_layers, got {n_layers!r}")
+    n_layers = _check_layers(n_layers, name)
     rng = np.random.default_rng() if rng is None else rng
     layers = [layer_class(int(dim), rng=rng, dtype=dtype) for _ in range(int(n_layers))]
     config = dict(model=name, dim=int(dim), n_layers=int(n_layers), dtype=np.dtype(dtype).name)
