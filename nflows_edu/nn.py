@@ -672,11 +672,13 @@ def col2im(dcols, shape, k):
     """
     n, c, h, w = shape
     p = k // 2
-    d = dcols.reshape(n, h, w, c, k, k).transpose(0, 3, 4, 5, 1, 2)  # (N, C, k, k, H, W)
+    # (k, k, N, C, H, W), copied once so that each of the k^2 adds reads contiguous memory
+    # (adding from the strided view instead made this 3x slower than the matrix products)
+    d = np.ascontiguousarray(dcols.reshape(n, h, w, c, k, k).transpose(4, 5, 0, 3, 1, 2))
     dxp = np.zeros((n, c, h + 2 * p, w + 2 * p), dtype=dcols.dtype)
     for i in range(k):
         for j in range(k):
-            dxp[:, :, i:i + h, j:j + w] += d[:, :, i, j]
+            dxp[:, :, i:i + h, j:j + w] += d[i, j]
     return dxp[:, :, p:p + h, p:p + w]
 
 
