@@ -280,7 +280,7 @@ def glow(shape=(1, 8, 8), levels=2, depth=8, hidden=64, activation="relu", pixel
     return _image_flow("glow", shape, level_list, pixel_levels, logit_alpha, config, dtype)
 
 
-def realnvp_image(shape=(1, 8, 8), scales=2, hidden=32, n_blocks=2, net="convnet",
+def realnvp_image(shape=(1, 8, 8), scales=2, hidden=32, n_blocks=2, net="resnet",
                   activation="relu", s_max=3.0, pixel_levels=None, logit_alpha=0.05, rng=None,
                   dtype=np.float64):
     r"""RealNVP's multi-scale architecture (Dinh et al. 2016, section 3.6) on images.

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..core import Bijector, check_images
 from ..gradcheck import randomize_parameters, register
-from ..nn import ConvNet
+from ..nn import ConvNet, ResNet
 from .coupling import (affine_backward, affine_forward, affine_inverse,
                        affine_inverse_backward, soft_bound, soft_bound_backward)
 
@@ -243,6 +243,12 @@ def _randomize_half(layer, rng, scale):
     return randomize_parameters(layer, rng, 0.5 * scale)
 
 
+def _resnet_coupling(d, r):
+    net = ResNet(d, 2 * d, hidden=3, n_blocks=1, activation="tanh", rng=r)
+    return ImageAffineCoupling(d, "checkerboard", int(r.integers(2)), s_max=2.0, net=net)
+
+
+register("ImageCoupling(resnet)", _resnet_coupling, inputs=_small_images)
 register("GlowCoupling", lambda d, r: GlowCoupling(d, hidden=3, activation="tanh", rng=r),
          inputs=_small_images, randomize=_randomize_half)
 register("Split", lambda d, r: Split(d, s_max=2.0, rng=r), inputs=_small_images)

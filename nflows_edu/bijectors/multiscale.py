@@ -11,6 +11,7 @@ import numpy as np
 
 from ..core import Bijector, Chain, check_array
 from ..gradcheck import randomize_parameters, register
+from ..nn import ResNet
 from .glow import ActNorm, LUInvertible1x1Conv
 from .image_coupling import GlowCoupling, ImageAffineCoupling, Split
 from .reshape import Squeeze
@@ -178,14 +179,13 @@ def realnvp_levels(shape, scales=2, hidden=32, n_blocks=2, activation="relu", s_
 
     the last scale is 4 checkerboard couplings. Each coupling's net is a ``ConvNet`` of
     ``n_blocks + 1`` 3x3 convolutions of ``hidden`` channels (``net="convnet"``) or RealNVP's
-    small ResNet (``net="resnet"``, if ``nn.ResNet`` exists).
+    small ResNet (``net="resnet"``, ``nn.ResNet`` with ``n_blocks`` residual blocks).
     """
     c, _, _ = shape
     out = []
 
     def coupling(channels, mask, parity):
         if net == "resnet":
-            from ..nn import ResNet  # RealNVP's conditioner
             resnet = ResNet(channels, 2 * channels, hidden, n_blocks, activation,
                             zero_last=True, rng=rng, dtype=dtype)
             return ImageAffineCoupling(channels, mask, parity, s_max=s_max, net=resnet)
