@@ -645,6 +645,12 @@ class LipschitzMLP(Module):
 # Convolutions on images (N, C, H, W): the conditioners of the image flows
 # ---------------------------------------------------------------------------------------------
 
+def matmul(a, b):
+    """``a @ b``. The convolutions call their matrix products through this name so that
+    ``benchmarks/glow_step.py`` can record and time them (it swaps the name for a recorder)."""
+    return a @ b
+
+
 def im2col(x, k):
     r"""The k x k patches of ``x`` (N, C, H, W), zero-padded by p = k // 2 ("same" size), as
     the rows of one matrix:
@@ -728,16 +734,16 @@ class Conv2d(Module):
         n, _, h, w = x.shape
         cols = im2col(x, self.k)
         Wm = self.params["W"].reshape(self.n_out, -1)
-        Y = cols @ Wm.T + self.params["b"]
+        Y = matmul(cols, Wm.T) + self.params["b"]
         y = Y.reshape(n, h, w, self.n_out).transpose(0, 3, 1, 2)
         return np.ascontiguousarray(y), (cols, x.shape)
 
     def backward(self, dy, cache):
         cols, shape = cache
         dY = dy.transpose(0, 2, 3, 1).reshape(-1, self.n_out)
-        self.grads["W"] += (dY.T @ cols).reshape(self.params["W"].shape)
+        self.grads["W"] += matmul(dY.T, cols).reshape(self.params["W"].shape)
         self.grads["b"] += dY.sum(axis=0)
-        dcols = dY @ self.params["W"].reshape(self.n_out, -1)
+        dcols = matmul(dY, self.params["W"].reshape(self.n_out, -1))
         return col2im(dcols, shape, self.k)
 
     def __repr__(self):
