@@ -321,12 +321,13 @@ class _Registration:
     inputs: object = None
     randomize: object = None
     entries: object = None
+    eps: float = 1e-6
 
 
 _REGISTRY = {}
 
 
-def register(name, build, inputs=None, randomize=None, entries=None):
+def register(name, build, inputs=None, randomize=None, entries=None, eps=1e-6):
     r"""Put a layer through every generic check: the tests and ``nflows-edu check`` loop over
     the registry.
 
@@ -346,6 +347,10 @@ def register(name, build, inputs=None, randomize=None, entries=None):
     entries : int, optional
         Check at most this many random entries of each parameter array (``check_bijector``'s
         ``entries``): for whole models made of layers that are registered on their own.
+    eps : float
+        The central differences' step. A layer computed by an iterative solver to a
+        tolerance (``ImplicitBlock``) carries that error into every evaluation, and the
+        differences divide it by 2 eps: such a layer needs a larger step.
 
     Examples
     --------
@@ -361,7 +366,7 @@ def register(name, build, inputs=None, randomize=None, entries=None):
     """
     if name in _REGISTRY:
         raise ValueError(f"register: a layer called {name!r} is registered already")
-    _REGISTRY[name] = _Registration(name, build, inputs, randomize, entries)
+    _REGISTRY[name] = _Registration(name, build, inputs, randomize, entries, eps)
 
 
 def unregister(name):
@@ -401,7 +406,8 @@ def make_layer(name, rng, dim=None, scale=None, n=None):
 def check_layer(name, rng):
     """``make_layer(name, rng)`` then ``check_bijector`` with the registration's options."""
     layer, x = make_layer(name, rng)
-    return check_bijector(layer, x, rng, name=name, entries=_REGISTRY[name].entries)
+    entry = _REGISTRY[name]
+    return check_bijector(layer, x, rng, eps=entry.eps, name=name, entries=entry.entries)
 
 
 def check_all(seed=0, draws=1, layers=None):

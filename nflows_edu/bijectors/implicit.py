@@ -79,6 +79,9 @@ class ImplicitBlock(Bijector):
         return f"ImplicitBlock(dim={self.dim}, c={self.c}, g_x={self.fx.g!r}, g_z={self.fz.g!r})"
 
 
+# eps = 1e-5: both directions are Anderson solves to tol = 1e-13, an error that central
+# differences with eps = 1e-6 divide by 2e-6: at 100 draws the gradient of LipSwish's scalar
+# rho then measured 1.2e-6 of solver noise; with 1e-5, 1.0e-7 at worst over 100 draws.
 register("ImplicitBlock",
          lambda d, r: ImplicitBlock(d, (8,), c=0.8, power_iterations=0, rng=r),
-         randomize=_randomize_lipschitz(1.2))
+         randomize=_randomize_lipschitz(1.2), eps=1e-5)
