@@ -29,7 +29,6 @@ checker cannot see by design are listed in ``SURVIVORS`` with the reason, and ar
 there the checker is right and the edit is not a bug of the map it checks.
 """
 import inspect
-import textwrap
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -69,8 +68,8 @@ class Mutant:
     @property
     def original(self):
         """The library method's source, dedented."""
-        ex = self.exercise
-        return textwrap.dedent(inspect.getsource(getattr(ex.cls, ex.method)))
+        from .make import library_source
+        return library_source(self.exercise)
 
     @property
     def source(self):
