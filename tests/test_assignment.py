@@ -223,3 +223,32 @@ def test_cli_assignment_list_and_grade(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "Scaling.backward: checks" in out and "0.00 /  10" in out
     assert main(["assignment", "grade", str(tmp_path / "nowhere")]) == 2
+
+
+def test_the_notebooks_run(tmp_path):
+    """The walkthrough reports PASS once the methods are written; the nbgrader notebook's
+    solution cells run and its autograded cells fail on the untouched stubs."""
+    import nbformat
+    from nbclient import NotebookClient
+    names = ["Scaling.backward", "AffineCoupling.inverse"]
+    make(names, tmp_path)
+    text = open(tmp_path / "my_flows.py").read()
+    for name in names:
+        text = splice(text, name, library_source(get_exercise(name)))
+    (tmp_path / "my_flows.py").write_text(text)
+    nb = nbformat.read(str(tmp_path / "walkthrough.ipynb"), as_version=4)
+    NotebookClient(nb, timeout=120, resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = ["".join(o.get("text", "") for o in c.outputs) for c in nb.cells
+               if c.cell_type == "code"]
+    assert sum(f"{name}: PASS" in "".join(outputs) for name in names) == 2
+    nb = nbformat.read(str(tmp_path / "assignment_nbgrader.ipynb"), as_version=4)
+    NotebookClient(nb, timeout=120, allow_errors=True,
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        errors = [o for o in cell.outputs if o.output_type == "error"]
+        meta = cell.metadata["nbgrader"]
+        assert bool(errors) == meta["grade"], (meta, errors)
+        if errors:
+            assert errors[0].ename == "AssertionError"

@@ -325,3 +325,22 @@ SURVIVORS = (
      "never moves them, so the checker sees the same map and gradient; the mutants above "
      "that drop the normalisation's gradient are the ones that matter, and are caught."),
 )
+
+
+def format_score(results):
+    """The mutation table: one row per mutant (caught or not, and by what), then the score."""
+    width = max(len(r.mutant.name) for r in results)
+    lines = [f"{'mutant':{width}s}  caught  first failing check"]
+    for r in results:
+        first = r.failures[0] if r.failures else "-"
+        lines.append(f"{r.mutant.name:{width}s}  {'yes' if r.caught else 'NO':6s}  {first[:90]}")
+    caught = sum(r.caught for r in results)
+    layers = len({r.mutant.layer for r in results})
+    lines.append(f"mutation score: {caught} / {len(results)} caught, over {layers} layers")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m nflows_edu.assignment.mutants
+    print(format_score(mutation_score()[2]))
+    for name, reason in SURVIVORS:
+        print(f"not counted (the checker is right to pass it): {name}")
