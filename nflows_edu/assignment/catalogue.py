@@ -12,7 +12,7 @@ every instance of the class replaced by the student's subclass (so ``Linear.back
 graded inside a coupling layer's network), compares with the library's own class on the same
 parameters, and trains a small flow with it.
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 DIFFICULTIES = ("easy", "medium", "hard")
 

@@ -17,7 +17,7 @@ import copy
 import numpy as np
 
 from .. import gradcheck
-from ..core import Bijector, Inverse
+from ..core import Inverse
 
 AGREE_TOL = 1e-8  # rel_error between the student's and the library's outputs
 TRAIN_TOL = 1e-6  # |L_student - L_library| / (1 + |L_library|) after the training run
@@ -266,7 +266,8 @@ def feedback(name, module_or_class, draws=2, seed=None):
         return False
     cls = isolate(ex, cls)
     rng = np.random.default_rng(seed)
-    print(f"{name}: the checks (pass if at most: round trip {gradcheck.THRESHOLDS['roundtrip']:.0e}, "
+    th = gradcheck.THRESHOLDS
+    print(f"{name}: the checks (pass if at most: round trip {th['roundtrip']:.0e}, "
           f"log-det {gradcheck.THRESHOLDS['logdet']:.0e}, gradients "
           f"{gradcheck.THRESHOLDS['grad']:.0e})")
     ok = True

@@ -333,7 +333,8 @@ from ..assignment.catalogue import exercise  # noqa: E402
 exercise("ActNorm.forward", ActNorm, "easy",
          "Glow's per-channel affine map on images, log-det H W sum log_s",
          registry=("ActNorm",),
-         shapes="x (N, C, H, W) -> z (N, C, H, W), logdet (N,), cache (what backward needs)")
+         shapes="x (N, C, H, W) -> z (N, C, H, W), logdet (N,), cache = x (what backward "
+                "reads)")
 exercise("ActNorm.backward", ActNorm, "easy",
          "ActNorm's VJP: sums over examples and pixels, the H W factor of the log-det",
          registry=("ActNorm",),
