@@ -35,6 +35,9 @@ class Exercise:
     setup : callable(instance) or None, run on every instance after its class is replaced
         (e.g. rebuild a MADE's masks with the student's ``masks``)
     train : bool, whether the short training run is part of the grade
+    hide : tuple of str, helper functions the library's method calls that would give the
+        exercise away (``squeeze`` for ``Squeeze.forward``): not imported into the student's
+        module (``make.library_source`` imports them inside the pasted method instead)
     """
 
     name: str
@@ -46,6 +49,7 @@ class Exercise:
     extra: tuple = ()
     setup: object = None
     train: bool = True
+    hide: tuple = ()
 
     @property
     def class_name(self):
@@ -60,7 +64,7 @@ _CATALOGUE = {}
 
 
 def exercise(name, cls, difficulty, description, registry, shapes="", extra=(), setup=None,
-             train=True):
+             train=True, hide=()):
     r"""Declare an exercise (see ``Exercise`` for the arguments); returns it.
 
     ``name`` must be ``"Class.method"`` with ``Class`` the name of ``cls`` and ``method`` one
@@ -77,7 +81,7 @@ def exercise(name, cls, difficulty, description, registry, shapes="", extra=(), 
     if isinstance(registry, str) or not registry:
         raise ValueError(f"exercise {name}: expected a non-empty tuple of registry names")
     entry = Exercise(name, cls, difficulty, description, tuple(registry), shapes, tuple(extra),
-                     setup, train)
+                     setup, train, tuple(hide))
     _CATALOGUE[name] = entry
     return entry
 

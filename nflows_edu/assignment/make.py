@@ -16,6 +16,7 @@ r"""``nflows-edu assignment make``: the student folder.
   optional, the notebook runs without it;
 * ``README.md`` for the students and ``assignment.json`` (what ``grade`` reads).
 """
+import ast
 import inspect
 import json
 import os
@@ -37,9 +38,21 @@ def library_source(ex):
     method = getattr(ex.cls, ex.method)
     package = inspect.getmodule(method).__name__.rpartition(".")[0]
     text = textwrap.dedent(inspect.getsource(method))
-    return re.sub(r"from (\.+[\w.]*) import",
+    text = re.sub(r"from (\.+[\w.]*) import",
                   lambda m: f"from {importlib.util.resolve_name(m.group(1), package)} import",
                   text)
+    if not ex.hide:
+        return text
+    # the helpers kept out of the student's module are imported inside the method
+    body = ast.parse(text).body[0].body
+    first = body[0]
+    docstring = isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+    at = first.end_lineno if docstring and len(body) > 1 else first.lineno - 1
+    indent = " " * (body[1] if docstring and len(body) > 1 else first).col_offset
+    lines = text.splitlines()
+    module = inspect.getmodule(method).__name__
+    lines.insert(at, f"{indent}from {module} import {', '.join(ex.hide)}")
+    return "\n".join(lines) + "\n"
 
 
 def _begin(name):
@@ -63,7 +76,8 @@ def _helpers(ex, defined):
     own = vars(module)
     found = {}
     for name in sorted(names):
-        if name in own and name not in defined and name != "np" and not name.startswith("__"):
+        if (name in own and name not in defined and name != "np" and not name.startswith("__")
+                and name not in ex.hide):
             value = own[name]
             source = getattr(value, "__module__", None) or module.__name__
             if inspect.ismodule(value):

@@ -19,7 +19,7 @@ Example
 -------
 >>> from nflows_edu.assignment.mutants import MUTANTS, check_mutant
 >>> m = next(m for m in MUTANTS if m.name == "AffineCoupling.backward: dlogdet sign flipped")
->>> print(m.source.splitlines()[3].strip())
+>>> print(next(line.strip() for line in m.source.splitlines() if "dlogdet[:, None]" in line))
 dx_b, ds, dt = affine_backward(dz_b, x_b, s, -dlogdet[:, None])
 >>> check_mutant(m).caught
 True
@@ -81,6 +81,13 @@ class Mutant:
                                  f"{self.target}'s source, found it {text.count(old)} times "
                                  "(has the library method changed?)")
             text = text.replace(old, new)
+        hide = self.exercise.hide
+        if hide and not any(text.count(name) > 1 for name in hide):
+            # the edit removed the only use of a helper ``library_source`` imported
+            text = "\n".join(line for line in text.splitlines()
+                              if not (line.strip().startswith("from ")
+                                      and line.strip().endswith(f"import {', '.join(hide)}")))
+            text += "\n"
         return text
 
 

@@ -262,15 +262,16 @@ exercise("AffineCoupling.forward", AffineCoupling, "easy",
          "RealNVP's coupling: z_b = x_b * exp(s) + t, log-det sum s",
          registry=("AffineCoupling",),
          shapes="x (N, D) -> z (N, D), logdet (N,), cache = (x_b, s, net_cache) (what "
-                "backward reads)")
+                "backward reads)", hide=("affine_forward",))
 exercise("AffineCoupling.inverse", AffineCoupling, "easy",
          "RealNVP's inverse: x_b = (z_b - t) * exp(-s), log-det -sum s",
          registry=("AffineCoupling", "Inverse(AffineCoupling)"),
          shapes="z (N, D) -> x (N, D), logdet (N,), cache = (x_b, s, net_cache) (what "
-                "inverse_backward reads)")
+                "inverse_backward reads)", hide=("affine_inverse",))
 exercise("AffineCoupling.backward", AffineCoupling, "medium",
          "the VJP of the affine coupling: through exp(s), the log-det and the soft bound",
-         registry=("AffineCoupling",), shapes=_VJP)
+         registry=("AffineCoupling",), shapes=_VJP, hide=("affine_backward",))
 exercise("AffineCoupling.inverse_backward", AffineCoupling, "medium",
          "the VJP of the affine coupling's inverse (signs and exp(-s) everywhere)",
-         registry=("AffineCoupling", "Inverse(AffineCoupling)"), shapes=_IVJP)
+         registry=("AffineCoupling", "Inverse(AffineCoupling)"), shapes=_IVJP,
+         hide=("affine_inverse_backward",))

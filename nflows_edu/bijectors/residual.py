@@ -301,7 +301,8 @@ exercise("ResidualBlock.inverse", ResidualBlock, "medium",
          "the fixed-point inverse x <- z - g(x) of a contractive residual block",
          registry=("ResidualBlock",),
          shapes="z (N, D) -> x (N, D), logdet (N,) = -log det(I + J_g(x)), cache as forward's "
-                "(plus iterations, steps); stop at self.tol, raise after self.max_iter")
+                "(plus iterations, steps); stop at self.tol, raise after self.max_iter",
+         hide=("fixed_point", "anderson"))
 exercise("ResidualBlock._logdet_backward", ResidualBlock, "hard",
          "the exact log-det's gradient: d log det A = tr(A^{-1} dA), through g's Jacobian",
          registry=("ResidualBlock", "ResidualBlock(sigma>c)"),
