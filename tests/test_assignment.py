@@ -184,6 +184,11 @@ def test_grade_stubs_zero_library_full_mutants_lose_the_caught_check(tmp_path):
         tests = _tests_of(result, name)
         assert tests["checks"]["score"] < tests["checks"]["max_score"], (name, tests)
         assert sum(t["score"] for t in tests.values()) < FULL, (name, tests)
+    # partial credit: BatchNorm's training-mode bug passes the evaluation-mode draws and
+    # fails the training-mode ones
+    checks = _tests_of(result, "BatchNorm.backward")["checks"]
+    assert 0 < checks["score"] < checks["max_score"], checks
+    assert "training-mode gradient dx" in checks["output"]
 
 
 BAD = {
