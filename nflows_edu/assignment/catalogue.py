@@ -34,7 +34,8 @@ class Exercise:
         training-mode batch gradient of ``BatchNorm``)
     setup : callable(instance) or None, run on every instance after its class is replaced
         (e.g. rebuild a MADE's masks with the student's ``masks``)
-    train : bool, whether the short training run is part of the grade
+    train : bool, whether the short training run is part of the grade (False for a layer
+        without parameters: there is nothing to train)
     hide : tuple of str, helper functions the library's method calls that would give the
         exercise away (``squeeze`` for ``Squeeze.forward``): not imported into the student's
         module (``make.library_source`` imports them inside the pasted method instead)

@@ -263,7 +263,8 @@ def readme(names):
 - **checks** (5): the same checks on hidden random draws (sizes, seeds, parameters);
 - **reference** (3): your layer and the library's, on the same parameters and inputs, agree to
   1e-8 (outputs, log-dets, gradients);
-- **training** (2): a short training run with your layer reaches the library's loss.
+- **training** (2, for layers with parameters): a short training run with your layer
+  reaches the library's loss.
 
 Each exercise is graded on its own, with the library's versions of the other methods, so a
 backward method receives the cache that the library's forward returns (see the docstring).

@@ -273,6 +273,21 @@ MUTANTS = (
        "db = -sum dx (the upstream gradient) instead of -sum dz",
        [('self.grads["b"] -= dz.sum(axis=(0, 2, 3))',
          'self.grads["b"] -= dx.sum(axis=(0, 2, 3))')], "gradient"),
+    # ---------------------------------------------------------------- Invertible1x1Conv
+    _m("Invertible1x1Conv.backward", "W not transposed",
+       "dx = W dz per pixel instead of W^T dz",
+       [("return _mix(W.T, dz)", "return _mix(W, dz)")], "gradient"),
+    _m("Invertible1x1Conv.inverse_backward", "inverse not differentiated",
+       "dW = dV: as if the inverse's weight V were W",
+       [("self.weight_backward(-V.T @ dV @ V.T,", "self.weight_backward(dV,")], "gradient"),
+    # ---------------------------------------------------------------- Logit
+    _m("Logit.forward", "log y term missing",
+       "log-det sum [log(1 - 2 alpha) - log(1 - y)]: half of the logit's derivative",
+       [("- log_y - log_1my).sum(axis=1)", "- log_1my).sum(axis=1)")], "log-det"),
+    _m("Logit.backward", "dlogdet sign flipped",
+       "dy = (dz + dlogdet (1 - 2 y)) / (y (1 - y))",
+       [("(dz - dlogdet[:, None] * (1 - 2 * y))", "(dz + dlogdet[:, None] * (1 - 2 * y))")],
+       "gradient"),
     # ---------------------------------------------------------------- LUInvertible1x1Conv
     _m("LUInvertible1x1Conv.log_abs_det", "scales summed, not their logs",
        "sum_c s_c instead of sum_c log|s_c|",

@@ -344,6 +344,16 @@ exercise("ActNorm.inverse_backward", ActNorm, "easy",
          "the VJP of ActNorm's inverse", registry=("ActNorm",),
          shapes="dx (N, C, H, W), dlogdet (N,), cache x -> dz (N, C, H, W); add dlog_s (C,), "
                 "db (C,)")
+exercise("Invertible1x1Conv.backward", Invertible1x1Conv, "medium",
+         "the VJP of a per-pixel channel mix, and the gradient of H W log|det W|",
+         registry=("Invertible1x1Conv",),
+         shapes="dz (N, C, H, W), dlogdet (N,), cache (x, W) -> dx (N, C, H, W); add dW (C, C) "
+                "(through self.weight_backward)")
+exercise("Invertible1x1Conv.inverse_backward", Invertible1x1Conv, "hard",
+         "the VJP of the inverse: through V = W^{-1}, dW = -V^T dV V^T",
+         registry=("Invertible1x1Conv",),
+         shapes="dx (N, C, H, W), dlogdet (N,), cache (z, W, V) -> dz (N, C, H, W); add dW "
+                "(C, C) (through self.weight_backward)")
 exercise("LUInvertible1x1Conv.log_abs_det", LUInvertible1x1Conv, "easy",
          "log|det W| of W = P L U in O(C): only the diagonal of U counts",
          registry=("LUInvertible1x1Conv",), shapes="W (C, C) -> float, from self.params")
