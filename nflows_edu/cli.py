@@ -9,7 +9,7 @@ r"""``nflows-edu``: train, sample and check flows from the command line.
     nflows-edu table [--fast] [--dims 16,64] [-n 1024] [--repeats 5]
     nflows-edu assignment list
     nflows-edu assignment make AffineCoupling.backward Linear.backward --out hw1
-    nflows-edu assignment grade hw1 [--timeout 60] [--draws 2] [--seed 7]
+    nflows-edu assignment grade hw1 [--timeout 60] [--draws 2] [--seed 7] [--results F]
 
 ``main(argv)`` returns the exit code: 0 on success, 1 if ``check`` finds a failing layer, 2 for
 a mistake the user can fix (bad arguments, a missing or corrupt model file, a training run
@@ -549,6 +549,8 @@ def add_assignment_parser(sub):
                     help="fix the hidden draws (default: fresh entropy)")
     gr.add_argument("--jobs", type=positive_int, default=None,
                     help="exercises graded at once (default: the number of CPUs)")
+    gr.add_argument("--results", default=None, metavar="FILE",
+                    help="where to write the Gradescope JSON (default DIR/results.json)")
 
 
 def cmd_assignment(args):
@@ -571,11 +573,11 @@ def cmd_assignment(args):
                              f"{args.timeout}")
         try:
             result = grade(args.folder, seed=args.seed, draws=args.draws,
-                           timeout=args.timeout, jobs=args.jobs)
+                           timeout=args.timeout, jobs=args.jobs, results=args.results)
         except ValueError as err:
             raise UsageError(str(err)) from None
         print(format_results(result))
-        print(f"wrote {os.path.join(args.folder, 'results.json')}")
+        print(f"wrote {args.results or os.path.join(args.folder, 'results.json')}")
         return 0
     raise UsageError("assignment: expected an action: list, make or grade")
 

@@ -231,6 +231,10 @@ def test_cli_assignment_list_and_grade(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "Scaling.backward: checks" in out and "0.00 /  10" in out
     assert main(["assignment", "grade", str(tmp_path / "nowhere")]) == 2
+    results = tmp_path / "elsewhere.json"
+    assert main(["assignment", "grade", str(tmp_path), "--draws", "1", "--results",
+                 str(results)]) == 0
+    assert json.load(open(results))["score"] == 0
 
 
 def test_the_notebooks_run(tmp_path):

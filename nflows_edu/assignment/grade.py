@@ -128,9 +128,10 @@ def _run_one(folder, name, seed, draws, timeout, module):
             return json.load(f), elapsed
 
 
-def grade(folder, seed=None, draws=2, timeout=TIMEOUT, jobs=None, write=True):
+def grade(folder, seed=None, draws=2, timeout=TIMEOUT, jobs=None, write=True, results=None):
     r"""Grade the student folder ``folder``; returns the Gradescope dict and (if ``write``)
-    writes it to ``folder/results.json``.
+    writes it to ``results`` (default ``folder/results.json``; Gradescope's
+    ``run_autograder`` script would pass ``/autograder/results/results.json``).
 
     ``seed`` fixes the hidden draws (default: fresh entropy); ``jobs`` exercises are graded
     at once (default: the number of CPUs); ``timeout`` is per exercise, in seconds.
@@ -158,7 +159,7 @@ def grade(folder, seed=None, draws=2, timeout=TIMEOUT, jobs=None, write=True):
                   execution_time=round(time.perf_counter() - start, 1),
                   output=f"{len(names)} exercises graded on hidden draws (grader seed {seed})")
     if write:
-        with open(os.path.join(folder, "results.json"), "w") as f:
+        with open(results or os.path.join(folder, "results.json"), "w") as f:
             json.dump(result, f, indent=1)
     return result
 
