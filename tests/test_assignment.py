@@ -122,6 +122,9 @@ def test_make_writes_the_folder_without_any_solution(tmp_path):
     module = files["my_flows.py"]
     compile(module, "my_flows.py", "exec")
     assert module.count("raise NotImplementedError") == len(names)
+    import nbformat
+    for name in ("walkthrough.ipynb", "assignment_nbgrader.ipynb"):
+        nbformat.validate(nbformat.reads(files[name], as_version=4))
     # the nbgrader notebook: solution cells and autograded test cells with points
     nb = json.loads(files["assignment_nbgrader.ipynb"])
     meta = [c["metadata"]["nbgrader"] for c in nb["cells"]]
