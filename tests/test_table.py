@@ -80,3 +80,9 @@ def test_curves_of_a_measured_family():
     assert set(got["Tiny NICE"]) == set(table.OPERATIONS)
     for dims, seconds in got["Tiny NICE"].values():
         assert dims.tolist() == [2, 3, 5] and (seconds > 0).all()
+
+
+def test_best_time_is_the_fastest_call_after_a_warm_up():
+    calls = []
+    seconds = table.best_time(lambda: calls.append(sum(range(20000))), repeats=3)
+    assert len(calls) == 4 and 0 <= seconds < 1
