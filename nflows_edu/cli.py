@@ -7,6 +7,9 @@ r"""``nflows-edu``: train, sample and check flows from the command line.
     nflows-edu sample --model runs/moons/model.npz -n 1000 --out samples.csv
     nflows-edu check [--layer AffineCoupling] [--draws 20] [--module my_layer.py]
     nflows-edu table [--fast] [--dims 16,64] [-n 1024] [--repeats 5]
+    nflows-edu assignment list
+    nflows-edu assignment make AffineCoupling.backward Linear.backward --out hw1
+    nflows-edu assignment grade hw1 [--timeout 60] [--draws 2] [--seed 7]
 
 ``main(argv)`` returns the exit code: 0 on success, 1 if ``check`` finds a failing layer, 2 for
 a mistake the user can fix (bad arguments, a missing or corrupt model file, a training run
@@ -183,6 +186,7 @@ def build_parser():
                     help="a Python file to import first, which registers its own layers with "
                     "nflows_edu.gradcheck.register (repeatable)")
     add_table_parser(sub)
+    add_assignment_parser(sub)
     return parser
 
 
@@ -518,3 +522,62 @@ def cmd_table(args):
 
 
 COMMANDS["table"] = cmd_table
+
+
+# ------------------------------------------------------------------ nflows-edu assignment
+def add_assignment_parser(sub):
+    asg = sub.add_parser("assignment", help="make and grade assignments from the library's "
+                         "layers (list, make, grade)",
+                         description="Assignments: 'list' the exercises, 'make' a student "
+                         "folder (stubs, walkthrough notebook, nbgrader notebook, README), "
+                         "'grade' one (results.json in Gradescope's format).")
+    asub = asg.add_subparsers(dest="assignment_command", metavar="ACTION")
+    asub.add_parser("list", help="every exercise the library offers")
+    mk = asub.add_parser("make", help="write a student folder for some exercises")
+    mk.add_argument("exercises", nargs="+", metavar="EXERCISE",
+                    help="exercise names as 'assignment list' prints them, e.g. "
+                    "AffineCoupling.backward")
+    mk.add_argument("--out", required=True, help="the student folder to write")
+    mk.add_argument("--force", action="store_true", help="overwrite an existing assignment")
+    gr = asub.add_parser("grade", help="grade a student folder; writes DIR/results.json")
+    gr.add_argument("folder", metavar="DIR")
+    gr.add_argument("--timeout", type=float, default=60.0,
+                    help="seconds per exercise before it gets 0 (default 60)")
+    gr.add_argument("--draws", type=positive_int, default=2,
+                    help="hidden random draws per registry entry and check (default 2)")
+    gr.add_argument("--seed", type=seed_int, default=None,
+                    help="fix the hidden draws (default: fresh entropy)")
+    gr.add_argument("--jobs", type=positive_int, default=None,
+                    help="exercises graded at once (default: the number of CPUs)")
+
+
+def cmd_assignment(args):
+    from .assignment import catalogue
+    if args.assignment_command == "list":
+        print(catalogue.format_catalogue())
+        return 0
+    if args.assignment_command == "make":
+        from .assignment.make import make
+        try:
+            paths = make(args.exercises, args.out, force=args.force)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        print("wrote " + ", ".join(paths))
+        return 0
+    if args.assignment_command == "grade":
+        from .assignment.grade import format_results, grade
+        if args.timeout <= 0:
+            raise UsageError(f"--timeout: expected a positive number of seconds, got "
+                             f"{args.timeout}")
+        try:
+            result = grade(args.folder, seed=args.seed, draws=args.draws,
+                           timeout=args.timeout, jobs=args.jobs)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        print(format_results(result))
+        print(f"wrote {os.path.join(args.folder, 'results.json')}")
+        return 0
+    raise UsageError("assignment: expected an action: list, make or grade")
+
+
+COMMANDS["assignment"] = cmd_assignment

@@ -318,13 +318,27 @@ class MADE(Sequential):
         self.degrees = [in_deg] + [hidden_degrees(dim, h) for h in self.hidden] \
             + [np.concatenate([in_deg, in_deg])]
         self.layers = []
-        for k in range(len(self.degrees) - 1):
-            d_in, d_out = self.degrees[k], self.degrees[k + 1]
-            last = k == len(self.degrees) - 2
-            mask = d_out[None, :] > d_in[:, None] if last else d_out[None, :] >= d_in[:, None]
+        masks = self.masks()
+        for k, mask in enumerate(masks):
+            last = k == len(masks) - 1
             self.layers.append(MaskedLinear(mask, rng, dtype, zero=last and zero_last))
             if not last:
                 self.layers.append(make_activation(activation))
+
+    def masks(self):
+        r"""The binary masks of the MaskedLinear layers, from the degrees in ``self.degrees``:
+        ``[M_1, ..., M_out]``, M_k of shape (units of layer k-1, units of layer k),
+
+            M[a, b] = [m(b) >= m(a)]   into a hidden layer;   M[a, b] = [m(b) > m(a)]   into
+            the outputs (strict: output i must not see x_i itself).
+        """
+        masks = []
+        for k in range(len(self.degrees) - 1):
+            d_in, d_out = self.degrees[k], self.degrees[k + 1]
+            last = k == len(self.degrees) - 2
+            masks.append(d_out[None, :] > d_in[:, None] if last
+                         else d_out[None, :] >= d_in[:, None])
+        return masks
 
     @property
     def masked_layers(self):
@@ -801,3 +815,45 @@ class ConvNet(Sequential):
         kernels = tuple(layer.k for layer in self.layers if isinstance(layer, Conv2d))
         act = f", {self.layers[1]!r}" if len(self.layers) > 1 else ""
         return f"ConvNet({self.channels}, kernels={kernels}{act})"
+
+
+# ------------------------------------------------------------------ the exercise catalogue
+# (graded inside the registry's layers that use these networks: see nflows_edu/assignment)
+def _made_use_own_masks(made):
+    """Rebuild a MADE's MaskedLinear masks with its own ``masks()`` (a student's version)."""
+    masks = made.masks()
+    layers = made.masked_layers
+    if len(masks) != len(layers):
+        raise ValueError(f"MADE.masks: expected {len(layers)} masks, got {len(masks)}")
+    for layer, mask in zip(layers, masks):
+        mask = np.asarray(mask)
+        if mask.shape != layer.mask.shape:
+            raise ValueError(f"MADE.masks: expected a mask of shape {layer.mask.shape}, got "
+                             f"shape {mask.shape}")
+        layer.mask = mask.astype(layer.mask.dtype)
+
+
+from .assignment.catalogue import exercise  # noqa: E402  (nn is imported by the bijectors)
+
+exercise("Linear.backward", Linear, "easy",
+         "the VJP of y = x @ W + b: dx, and dW, db added into grads",
+         registry=("AffineCoupling", "AdditiveCoupling"),
+         shapes="dy (N, O) -> dx (N, I); add dW (I, O) and db (O,) into self.grads")
+exercise("MLP.backward", MLP, "easy",
+         "backpropagation through a stack of layers, last to first",
+         registry=("AffineCoupling",),
+         shapes="dy (N, n_out), caches (one per layer) -> dx (N, n_in)")
+exercise("MaskedLinear.backward", MaskedLinear, "easy",
+         "the VJP of a masked affine layer: masked-out weights get zero gradient",
+         registry=("MAF",),
+         shapes="dy (N, O), cache (x, W * M) -> dx (N, I); add dW (I, O) (masked), db (O,)")
+exercise("MADE.masks", MADE, "medium",
+         "MADE's masks from the degrees: each output sees only the features before it",
+         registry=("MAF", "MAF(reference)"), setup=_made_use_own_masks,
+         shapes="-> list of binary arrays, mask k of shape (len(degrees[k]), "
+                "len(degrees[k+1])), from self.degrees")
+exercise("SpectralLinear.weight_backward", SpectralLinear, "hard",
+         "the gradient through spectral normalisation W_hat = W / max(1, u^T W v / c)",
+         registry=("ResidualBlock(sigma>c)",),
+         shapes="dW_hat (I, O), W_hat (I, O), s float, u (I,), v (O,) -> None; "
+                "add dW (I, O) into self.grads['W']")

@@ -238,3 +238,34 @@ register("Inverse(AffineCoupling)",
          lambda d, r: Inverse(AffineCoupling(_random_mask(d, r), (8,), "tanh", rng=r)))
 register("Chain(NICE)", _nice_chain)
 register("Chain(RealNVP)", _realnvp_chain)
+
+
+# ------------------------------------------------------------------ the exercise catalogue
+from ..assignment.catalogue import exercise  # noqa: E402
+
+_VJP = "dz (N, D), dlogdet (N,), cache -> dx (N, D); add the net's gradients (net.backward)"
+_IVJP = "dx (N, D), dlogdet (N,), cache -> dz (N, D); add the net's gradients (net.backward)"
+exercise("AdditiveCoupling.forward", AdditiveCoupling, "easy",
+         "NICE's coupling: z_a = x_a, z_b = x_b + t(x_a), log-det 0",
+         registry=("AdditiveCoupling",),
+         shapes="x (N, D) -> z (N, D), logdet (N,) zeros, cache (what backward needs)")
+exercise("AdditiveCoupling.inverse", AdditiveCoupling, "easy",
+         "NICE's inverse: x_b = z_b - t(z_a)", registry=("AdditiveCoupling",),
+         shapes="z (N, D) -> x (N, D), logdet (N,) zeros, cache")
+exercise("AdditiveCoupling.backward", AdditiveCoupling, "easy",
+         "the VJP of the additive coupling, through the shift network",
+         registry=("AdditiveCoupling",), shapes=_VJP)
+exercise("AffineCoupling.forward", AffineCoupling, "easy",
+         "RealNVP's coupling: z_b = x_b * exp(s) + t, log-det sum s",
+         registry=("AffineCoupling",),
+         shapes="x (N, D) -> z (N, D), logdet (N,), cache (what backward needs)")
+exercise("AffineCoupling.inverse", AffineCoupling, "easy",
+         "RealNVP's inverse: x_b = (z_b - t) * exp(-s), log-det -sum s",
+         registry=("AffineCoupling", "Inverse(AffineCoupling)"),
+         shapes="z (N, D) -> x (N, D), logdet (N,), cache")
+exercise("AffineCoupling.backward", AffineCoupling, "medium",
+         "the VJP of the affine coupling: through exp(s), the log-det and the soft bound",
+         registry=("AffineCoupling",), shapes=_VJP)
+exercise("AffineCoupling.inverse_backward", AffineCoupling, "medium",
+         "the VJP of the affine coupling's inverse (signs and exp(-s) everywhere)",
+         registry=("AffineCoupling", "Inverse(AffineCoupling)"), shapes=_IVJP)

@@ -47,3 +47,15 @@ class Scaling(Bijector):
 
 
 register("Scaling", lambda d, r: Scaling(d))
+
+
+from ..assignment.catalogue import exercise  # noqa: E402
+
+exercise("Scaling.backward", Scaling, "easy",
+         "the VJP of z = x * exp(s), with the gradient of the log-det sum s",
+         registry=("Scaling",),
+         shapes="dz (N, D), dlogdet (N,), cache (x, z) -> dx (N, D); add ds (D,) into "
+                "self.grads['s']")
+exercise("Scaling.inverse_backward", Scaling, "easy",
+         "the VJP of x = z * exp(-s), log-det -sum s", registry=("Scaling",),
+         shapes="dx (N, D), dlogdet (N,), cache (z, x) -> dz (N, D); add ds (D,)")

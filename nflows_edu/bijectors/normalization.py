@@ -114,3 +114,12 @@ def _randomize_eval(layer, rng, scale):
 
 # evaluation mode: an example-wise map, so the registry's per-example Jacobian checks apply
 register("BatchNorm(eval)", lambda d, r: BatchNorm(d).eval(), randomize=_randomize_eval)
+
+
+from ..assignment.catalogue import exercise  # noqa: E402
+
+exercise("BatchNorm.backward", BatchNorm, "hard",
+         "BatchNorm's VJP in both modes: batch statistics depend on every example",
+         registry=("BatchNorm(eval)",), extra=("batchnorm_train",),
+         shapes="dz (N, D), dlogdet (N,), cache (xhat, sigma, training) -> dx (N, D); add "
+                "dlog_gamma (D,), dbeta (D,)")

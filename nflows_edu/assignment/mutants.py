@@ -1,0 +1,346 @@
+r"""The mutation catalogue: the bugs students really make, each a small edit of one library
+method, and whether the checker catches it.
+
+A ``Mutant`` names a method (``Class.method``, usually an exercise of the catalogue), the
+layer it breaks, the bug in one line, and the edit: ``(old, new)`` string replacements applied
+to the library method's source (``inspect.getsource``). So
+
+* ``mutant.source`` is the mutated method, ready to paste into a student's module (the
+  autograder tests do exactly that) or to show in a lab (notebook 09);
+* ``mutant_class(mutant)`` returns a subclass of the library class with the mutated method,
+  compiled in the library module's namespace (its helpers are in scope);
+* ``check_mutant(mutant)`` builds the registry layers of the method's exercise with the mutated
+  class swapped in (``checks.swap_classes``: a mutated ``Linear`` is checked inside a coupling
+  layer's network) and runs ``gradcheck.check_bijector`` on a few draws, plus the exercise's
+  extra checks (``BatchNorm``'s training-mode batch gradient). The mutant is *caught* when a
+  draw fails, and ``MutationResult.failures`` says which check failed and by how much.
+
+Example
+-------
+>>> from nflows_edu.assignment.mutants import MUTANTS, check_mutant
+>>> m = next(m for m in MUTANTS if m.name == "AffineCoupling.backward: dlogdet sign flipped")
+>>> print(m.source.splitlines()[3].strip())
+dx_b, ds, dt = affine_backward(dz_b, x_b, s, -dlogdet[:, None])
+>>> check_mutant(m).caught
+True
+
+Every mutant in ``MUTANTS`` is caught (tests/test_assignment.py requires it). Bugs that the
+checker cannot see by design are listed in ``SURVIVORS`` with the reason, and are not counted:
+there the checker is right and the edit is not a bug of the map it checks.
+"""
+import inspect
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Mutant:
+    r"""One bug.
+
+    Attributes
+    ----------
+    name : str, ``"Class.method: the bug"``
+    target : str, ``"Class.method"``, the method edited (an exercise of the catalogue)
+    layer : str, the class whose behaviour breaks
+    description : str, what the student wrote and what it does
+    edits : tuple of (old, new), replacements in the method's source; each ``old`` must
+        occur exactly once
+    expected : str, the check expected to catch it ("round trip", "log-det", "gradient",
+        "bookkeeping", "training-mode gradient", "raised")
+    """
+
+    name: str
+    target: str
+    description: str
+    edits: tuple
+    expected: str
+
+    @property
+    def layer(self):
+        return self.target.split(".")[0]
+
+    @property
+    def exercise(self):
+        from .catalogue import get_exercise
+        return get_exercise(self.target)
+
+    @property
+    def original(self):
+        """The library method's source, dedented."""
+        from .make import library_source
+        return library_source(self.exercise)
+
+    @property
+    def source(self):
+        """The mutated method's source, dedented (``def method(self, ...):`` first)."""
+        text = self.original
+        for old, new in self.edits:
+            if text.count(old) != 1:
+                raise ValueError(f"mutant {self.name!r}: expected {old!r} exactly once in "
+                                 f"{self.target}'s source, found it {text.count(old)} times "
+                                 "(has the library method changed?)")
+            text = text.replace(old, new)
+        return text
+
+
+def mutant_class(mutant):
+    r"""A subclass of the library class whose ``mutant.target`` method is the mutated source,
+    compiled in the namespace of the library class's module."""
+    ex = mutant.exercise
+    method = getattr(ex.cls, ex.method)
+    module = inspect.getmodule(method)
+    namespace = dict(vars(module))
+    exec(compile(mutant.source, f"<mutant {mutant.name}>", "exec"), namespace)
+    return type(ex.cls.__name__, (ex.cls,), {ex.method: namespace[ex.method],
+                                              "__module__": __name__})
+
+
+@dataclass
+class MutationResult:
+    """``caught`` if any draw of any check failed; ``failures`` lists them."""
+
+    mutant: Mutant
+    caught: bool
+    failures: list = field(default_factory=list)
+
+
+def check_mutant(mutant, draws=2, seed=0):
+    r"""The registry checks (and the extra checks) of the mutant's exercise on the mutated
+    class, ``draws`` draws each; see the module docstring."""
+    from .checks import registry_checks
+    rng = np.random.default_rng(seed)
+    results = registry_checks(mutant.exercise, mutant_class(mutant), rng, draws)
+    failures = [f"{label}: {'; '.join(bad)}" for label, bad in results if bad]
+    return MutationResult(mutant, bool(failures), failures)
+
+
+def mutation_score(mutants=None, draws=2, seed=0):
+    """``(caught, total, results)`` over ``mutants`` (default all of ``MUTANTS``)."""
+    results = [check_mutant(m, draws, seed) for m in (MUTANTS if mutants is None else mutants)]
+    return sum(r.caught for r in results), len(results), results
+
+
+def _m(target, bug, description, edits, expected):
+    return Mutant(f"{target}: {bug}", target, description, tuple(edits), expected)
+
+
+MUTANTS = (
+    # ---------------------------------------------------------------- nn.Linear
+    _m("Linear.backward", "transposed weight gradient",
+       "dW = dy^T x instead of x^T dy: (O, I) instead of (I, O); raises for a non-square W, "
+       "wrong values for a square one",
+       [('self.grads["W"] += x.T @ dy', 'self.grads["W"] += dy.T @ x')],
+       "gradient"),
+    _m("Linear.backward", "grads overwritten",
+       "self.grads['W'] = ... rebinds the array: the optimizer holds the old one",
+       [('self.grads["W"] += x.T @ dy', 'self.grads["W"] = x.T @ dy')], "bookkeeping"),
+    _m("Linear.backward", "grads assigned in place",
+       "grads['W'][...] = ... keeps the array but drops what an earlier backward added",
+       [('self.grads["W"] += x.T @ dy', 'self.grads["W"][...] = x.T @ dy')], "bookkeeping"),
+    _m("Linear.backward", "bias gradient averaged",
+       "db = mean_n dy instead of sum_n dy: the batch size divides the bias gradient",
+       [('self.grads["b"] += dy.sum(axis=0)', 'self.grads["b"] += dy.mean(axis=0)')],
+       "gradient"),
+    # ---------------------------------------------------------------- nn.MLP (Sequential)
+    _m("MLP.backward", "caches in the wrong order",
+       "zip(reversed(layers), caches): each layer gets another layer's cache",
+       [("zip(reversed(self.layers), reversed(caches))", "zip(reversed(self.layers), caches)")],
+       "gradient"),
+    _m("MLP.backward", "layers in forward order",
+       "backpropagation from the first layer to the last",
+       [("zip(reversed(self.layers), reversed(caches))", "zip(self.layers, caches)")],
+       "gradient"),
+    # ---------------------------------------------------------------- nn.MaskedLinear, MADE
+    _m("MaskedLinear.backward", "gradient not masked",
+       "dW without * M: masked-out weights get a gradient and drift (the loss ignores them)",
+       [("dW *= self.mask", "pass")], "gradient"),
+    _m("MaskedLinear.backward", "dx through the unmasked weight",
+       "dx = dy @ W^T instead of dy @ (W * M)^T",
+       [("return dy @ WM.T", 'return dy @ self.params["W"].T')], "gradient"),
+    _m("MADE.masks", "mask leak into the outputs",
+       ">= instead of > into the outputs: mu_i and alpha_i see x_i itself; not triangular",
+       [("d_out[None, :] > d_in[:, None] if last", "d_out[None, :] >= d_in[:, None] if last")],
+       "log-det"),
+    _m("MADE.masks", "no masks",
+       "all-ones masks: a plain MLP, every output sees every input",
+       [("d_out[None, :] > d_in[:, None] if last",
+         "(d_out[None, :] > -1) | (d_in[:, None] > -1) if last"),
+        ("else d_out[None, :] >= d_in[:, None]", "else (d_out[None, :] > -1) | (d_in[:, None] > -1)")], "log-det"),
+    # ---------------------------------------------------------------- nn.SpectralLinear
+    _m("SpectralLinear.weight_backward", "normalisation treated as a constant",
+       "dW = dW_hat / s: no gradient through sigma = u^T W v (stop-gradient on the norm)",
+       [("(dW_hat - np.sum(dW_hat * W_hat) / self.c * np.outer(u, v)) / s", "dW_hat / s")],
+       "gradient"),
+    _m("SpectralLinear.weight_backward", "divisor forgotten",
+       "dW = dW_hat: as if W_hat were W",
+       [("(dW_hat - np.sum(dW_hat * W_hat) / self.c * np.outer(u, v)) / s", "dW_hat")],
+       "gradient"),
+    # ---------------------------------------------------------------- AdditiveCoupling
+    _m("AdditiveCoupling.forward", "shift subtracted",
+       "z_b = x_b - t in forward, while inverse also subtracts",
+       [("x_b + t", "x_b - t")], "round trip"),
+    _m("AdditiveCoupling.inverse", "shift added",
+       "x_b = z_b + t: not the inverse",
+       [("z_b - t", "z_b + t")], "round trip"),
+    _m("AdditiveCoupling.backward", "network path dropped",
+       "dx_a = dz_a: forgets that t depends on x_a (and never trains the network)",
+       [("dx_a = dz_a + self.net.backward(dt, cache)", "dx_a = dz_a")], "gradient"),
+    # ---------------------------------------------------------------- AffineCoupling
+    _m("AffineCoupling.forward", "log-det of the wrong direction",
+       "forward returns -sum s, the inverse's log-det",
+       [("s.sum(axis=1), (x_b", "-s.sum(axis=1), (x_b")], "log-det"),
+    _m("AffineCoupling.inverse", "log-det of the wrong direction",
+       "inverse returns +sum s, the forward's log-det",
+       [("-s.sum(axis=1)", "s.sum(axis=1)")], "log-det"),
+    _m("AffineCoupling.inverse", "wrong cache",
+       "caches the input z_b instead of the output x_b that inverse_backward needs",
+       [("(x_b, s, net_cache)", "(z_b, s, net_cache)")], "gradient"),
+    _m("AffineCoupling.backward", "dlogdet sign flipped",
+       "ds = dz_b * x_b * exp(s) - dlogdet",
+       [("s, dlogdet[:, None])", "s, -dlogdet[:, None])")], "gradient"),
+    _m("AffineCoupling.backward", "log-det term missing",
+       "ds without + dlogdet: the log-det's gradient never reaches the network",
+       [("s, dlogdet[:, None])", "s, 0 * dlogdet[:, None])")], "gradient"),
+    _m("AffineCoupling.backward", "soft bound not differentiated",
+       "dr = ds: forgets the (1 - (s / s_max)^2) of s = s_max tanh(r / s_max)",
+       [("self._net_backward(ds, dt, s, net_cache)",
+         "self.net.backward(np.concatenate([ds, dt], axis=1), net_cache)")], "gradient"),
+    _m("AffineCoupling.inverse_backward", "forward's VJP reused",
+       "affine_backward instead of affine_inverse_backward: exp(s) for exp(-s), signs kept",
+       [("affine_inverse_backward(dx_b", "affine_backward(dx_b")], "gradient"),
+    # ---------------------------------------------------------------- Scaling
+    _m("Scaling.backward", "grads overwritten",
+       "self.grads['s'] = ...: rebinds the array the optimizer holds",
+       [('self.grads["s"] += ', 'self.grads["s"] = ')], "bookkeeping"),
+    _m("Scaling.backward", "log-det term missing",
+       "ds without sum_n dlogdet",
+       [(" + dlogdet.sum()", "")], "gradient"),
+    _m("Scaling.backward", "dlogdet averaged",
+       "mean_n dlogdet instead of sum_n dlogdet",
+       [("dlogdet.sum()", "dlogdet.mean()")], "gradient"),
+    _m("Scaling.inverse_backward", "sign of ds flipped",
+       "+= instead of -=: the inverse's parameter gradient has the forward's sign",
+       [('self.grads["s"] -= ', 'self.grads["s"] += ')], "gradient"),
+    # ---------------------------------------------------------------- MAF
+    _m("MAF.backward", "dlogdet sign flipped",
+       "dalpha = -dz * z + dlogdet",
+       [("dalpha -= dlogdet[:, None]", "dalpha += dlogdet[:, None]")], "gradient"),
+    _m("MAF.backward", "shift gradient sign",
+       "dmu = +dx_direct: forgets the minus of z = (x - mu) exp(-alpha)",
+       [("np.concatenate([-dx, dr], axis=1)", "np.concatenate([dx, dr], axis=1)")],
+       "gradient"),
+    _m("MAF.inverse", "log-det of the wrong direction",
+       "the inverse returns -sum alpha, the forward's log-det",
+       [("return x, logdet, None", "return x, -logdet, None")], "log-det"),
+    _m("MAF.inverse", "one parallel pass",
+       "one MADE pass on z instead of the sequential loop: mu, alpha of the wrong inputs",
+       [("x, logdet = sequential(self.made, z, self.s_max)",
+         "out, _ = self.made._forward(z)\n"
+         "    alpha = soft_bound(out[:, self.dim:], self.s_max)\n"
+         "    x, logdet = z * np.exp(alpha) + out[:, :self.dim], alpha.sum(axis=1)")],
+       "round trip"),
+    # ---------------------------------------------------------------- BatchNorm
+    _m("BatchNorm.backward", "batch mean not differentiated",
+       "training mode without - sum_n dxhat: the mean treated as a constant",
+       [("(n * dxhat - dxhat.sum(axis=0)", "(n * dxhat")], "training-mode gradient"),
+    _m("BatchNorm.backward", "log-det through the variance forgotten",
+       "training mode without S = sum_n dlogdet: log sigma depends on the batch too",
+       [("(dxhat * xhat).sum(axis=0) + total)", "(dxhat * xhat).sum(axis=0))")],
+       "training-mode gradient"),
+    _m("BatchNorm.backward", "multiplied by sigma",
+       "evaluation mode dx = dxhat * sigma instead of / sigma",
+       [("return dxhat / sigma", "return dxhat * sigma")], "gradient"),
+    _m("BatchNorm.backward", "log-det term missing",
+       "dlog_gamma without sum_n dlogdet",
+       [("* gamma + dlogdet.sum()", "* gamma")], "gradient"),
+    # ---------------------------------------------------------------- ActNorm
+    _m("ActNorm.forward", "H * W factor missing",
+       "log-det sum_c log_s: one pixel's log-det, not the image's",
+       [("hw * log_s.sum()", "log_s.sum()")], "log-det"),
+    _m("ActNorm.backward", "H * W factor missing",
+       "dlog_s gets sum_n dlogdet instead of H W sum_n dlogdet",
+       [("+ hw * dlogdet.sum()", "+ dlogdet.sum()")], "gradient"),
+    _m("ActNorm.inverse_backward", "wrong variable in db",
+       "db = -sum dx (the upstream gradient) instead of -sum dz",
+       [('self.grads["b"] -= dz.sum(axis=(0, 2, 3))',
+         'self.grads["b"] -= dx.sum(axis=(0, 2, 3))')], "gradient"),
+    # ---------------------------------------------------------------- LUInvertible1x1Conv
+    _m("LUInvertible1x1Conv.log_abs_det", "scales summed, not their logs",
+       "sum_c s_c instead of sum_c log|s_c|",
+       [('return self.params["log_s"].sum()', 'return np.exp(self.params["log_s"]).sum()')],
+       "log-det"),
+    _m("LUInvertible1x1Conv.weight_backward", "U_s not transposed",
+       "dL_1 = P^T dW U_s instead of P^T dW U_s^T",
+       [("dL_1 = PT_dW @ U_s.T", "dL_1 = PT_dW @ U_s")], "gradient"),
+    _m("LUInvertible1x1Conv.weight_backward", "log-det gradient missing",
+       "dlog_s without dlogabsdet",
+       [("+ dlogabsdet)", "+ 0 * dlogabsdet)")], "gradient"),
+    _m("LUInvertible1x1Conv.weight_backward", "triangle not masked",
+       "dL = dL_1 without tril(., -1): the unused upper part of L gets a gradient",
+       [("np.where(self._lower, dL_1, 0)", "dL_1")], "gradient"),
+    # ---------------------------------------------------------------- ResidualBlock
+    _m("ResidualBlock.inverse", "stopped too early",
+       "tolerance 1e-3 instead of self.tol: the round trip is off by about c/(1-c) 1e-3",
+       [("solve(self._g_value, z, self.tol,", "solve(self._g_value, z, 1e-3,")], "round trip"),
+    _m("ResidualBlock.inverse", "log-det of the wrong direction",
+       "the inverse returns +log det(I + J_g), the forward's",
+       [("return x, -logdet,", "return x, logdet,")], "log-det"),
+    _m("ResidualBlock._logdet_backward", "A^{-1} not transposed",
+       "d log det A / dA = A^{-1} instead of A^{-T}",
+       [("np.linalg.inv(lcache[\"A\"]).transpose(0, 2, 1)", "np.linalg.inv(lcache[\"A\"])")],
+       "gradient"),
+    _m("ResidualBlock._logdet_backward", "dlogdet sign flipped",
+       "dG = -dlogdet A^{-T}",
+       [("dG = dlogdet[:, None, None] * np.linalg.inv", "dG = -dlogdet[:, None, None] * np.linalg.inv")],
+       "gradient"),
+    _m("ResidualBlock._logdet_backward", "log-det term missing",
+       "dG dropped: only g's value is differentiated",
+       [('self.g.jvp_backward(dg, dG, lcache["gcache"])',
+         'self.g.jvp_backward(dg, None, lcache["gcache"])')], "gradient"),
+    # ---------------------------------------------------------------- Squeeze
+    _m("Squeeze.forward", "plain reshape",
+       "x.reshape(N, 4C, H/2, W/2): a permutation, but not the one unsqueeze undoes",
+       [("return squeeze(x),",
+         "return x.reshape(x.shape[0], 4 * x.shape[1], x.shape[2] // 2, x.shape[3] // 2),")],
+       "round trip"),
+    _m("Squeeze.backward", "plain reshape",
+       "dx = dz.reshape(...) instead of unsqueeze(dz): the gradient lands on the wrong pixels",
+       [("return unsqueeze(dz)",
+         "return dz.reshape(dz.shape[0], dz.shape[1] // 4, 2 * dz.shape[2], 2 * dz.shape[3])")],
+       "gradient"),
+)
+
+# Edits the checker cannot catch, by design: the map it checks is still correct.
+SURVIVORS = (
+    ("MADE.masks: strict hidden masks",
+     "> instead of >= between hidden layers removes connections but keeps every output "
+     "depending only on earlier features: MAF stays a correct, triangular bijector with exact "
+     "log-det and VJPs (a less expressive one). The checker rightly passes it; the grader's "
+     "agreement-with-the-library check is what flags it in an assignment."),
+    ("SpectralLinear: backprop through the power iteration",
+     "Differentiating u and v as functions of W (one power-iteration step inside forward) "
+     "changes the gradient only while the iteration has not converged: at the fixed point "
+     "d sigma / dW = u v^T either way. The registry converges u, v (200 steps) and forward "
+     "never moves them, so the checker sees the same map and gradient; the mutants above "
+     "that drop the normalisation's gradient are the ones that matter, and are caught."),
+)
+
+
+def format_score(results):
+    """The mutation table: one row per mutant (caught or not, and by what), then the score."""
+    width = max(len(r.mutant.name) for r in results)
+    lines = [f"{'mutant':{width}s}  caught  first failing check"]
+    for r in results:
+        first = r.failures[0] if r.failures else "-"
+        lines.append(f"{r.mutant.name:{width}s}  {'yes' if r.caught else 'NO':6s}  {first[:90]}")
+    caught = sum(r.caught for r in results)
+    layers = len({r.mutant.layer for r in results})
+    lines.append(f"mutation score: {caught} / {len(results)} caught, over {layers} layers")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m nflows_edu.assignment.mutants
+    print(format_score(mutation_score()[2]))
+    for name, reason in SURVIVORS:
+        print(f"not counted (the checker is right to pass it): {name}")
