@@ -27,6 +27,7 @@ DIRECTIONS = ("forward", "inverse")
 # The bars a layer must pass in float64 (central differences with eps = 1e-6 are accurate
 # to about eps^2 = 1e-12 in truncation and 1e-16 / eps = 1e-10 in round-off).
 THRESHOLDS = dict(roundtrip=1e-10, logdet=1e-7, grad=1e-6)
+GRADIENT_FLOOR = 1e-3  # see _gradient_errors
 
 
 def rel_error(a, b):
@@ -175,9 +176,17 @@ def _gradient_errors(module, loss, x, dx, eps, entries=None, rng=None):
     alone would make round-off look like a large relative error)."""
     analytic = {name: g.copy() for name, _, g in module.parameters()}
     errors = {"x": rel_error(dx, numerical_gradient(loss, x, eps))}
+    # A parameter whose gradient is a tiny part of the whole (a scalar whose terms cancel:
+    # 5e-6 beside arrays of norm 1-4) is compared on the scale of the whole gradient: its
+    # central difference is only accurate to round-off, about 1e-10 in absolute terms.
+    whole = np.sqrt(np.sum(np.square(dx)) + sum(np.sum(np.square(g)) for g in analytic.values()))
     for name, p, _ in module.parameters():
         if entries is None or p.size <= entries:
-            errors[name] = rel_error(analytic[name], numerical_gradient(loss, p, eps))
+            numeric = numerical_gradient(loss, p, eps)
+            denom = (np.linalg.norm(analytic[name]) + np.linalg.norm(numeric)
+                     + GRADIENT_FLOOR * whole)
+            errors[name] = 0.0 if denom == 0 else float(
+                np.linalg.norm(analytic[name] - numeric) / denom)
             continue
         picked = [np.unravel_index(i, p.shape) for i in rng.choice(p.size, entries, False)]
         numeric = []

@@ -204,3 +204,37 @@ def format_table(rows, dims, n, hidden, repeats, dtype=np.float64):
 
 FAST = dict(dims=(4, 8), n=64, hidden=(8, 8), repeats=1)
 FULL = dict(dims=(16, 64), n=1024, hidden=(256, 256), repeats=5)
+
+
+# ------------------------------------------------------------------ time against D, for plots
+def curves(rows):
+    r"""The rows of ``run`` as curves to plot: ``{family: {operation: (dims, seconds)}}``.
+
+    ``dims`` (int) and ``seconds`` (float) are arrays in increasing D, one point per size the
+    family was timed at (families timed at different sizes can share a plot).
+    """
+    out = {}
+    for row in rows:
+        dims = np.array(sorted(row["times"]))
+        seconds = np.array([row["times"][d] for d in dims], dtype=np.float64)
+        out.setdefault(row["family"], {})[row["operation"]] = (dims, seconds)
+    return out
+
+
+def loglog_slope(dims, seconds):
+    r"""The exponent p of the least-squares fit  seconds = a * D^p  (log seconds against log D):
+    the slope of the curve on a log-log plot. About 0 for a cost that does not grow with D
+    (a network whose hidden layers dominate), 1 for linear, 2 for D passes of a network whose
+    own cost grows like D."""
+    dims, seconds = np.asarray(dims, dtype=np.float64), np.asarray(seconds, dtype=np.float64)
+    if dims.shape != seconds.shape or dims.size < 2 or not (dims > 0).all() \
+            or not (seconds > 0).all():
+        raise ValueError(f"loglog_slope: expected two or more positive sizes and times of the "
+                         f"same shape, got dims {dims.tolist()} and seconds {seconds.tolist()}")
+    return float(np.polyfit(np.log(dims), np.log(seconds), 1)[0])
+
+
+def best_time(fn, repeats=3):
+    r"""CPU seconds of the fastest of ``repeats`` calls of ``fn()`` after one untimed call: the
+    timing every entry of the table uses, for a lecture's own measurements."""
+    return _best_time(fn, repeats)

@@ -1,5 +1,6 @@
 """`nflows-edu table` at tiny sizes: the shape of its output, not its timings."""
 import numpy as np
+import pytest
 
 from nflows_edu import cli, models, table
 
@@ -42,3 +43,46 @@ def test_table_families_train_in_a_direction_they_can():
         assert family.trains in flow.bijector.vjps, family.name
         assert set(family.passes) == set(table.OPERATIONS)
 
+
+
+def test_curves_give_times_against_d_in_increasing_order():
+    rows = [dict(family="A", operation="inference", passes="1", trains="forward",
+                 times={8: 2.0, 4: 1.0}),
+            dict(family="A", operation="sampling", passes="D", trains="forward",
+                 times={4: 1.0, 8: 4.0}),
+            dict(family="B", operation="inference", passes="1", trains="forward",
+                 times={2: 3.0, 16: 3.0, 4: 3.0})]
+    got = table.curves(rows)
+    assert set(got) == {"A", "B"} and set(got["A"]) == {"inference", "sampling"}
+    dims, seconds = got["A"]["inference"]
+    assert dims.tolist() == [4, 8] and seconds.tolist() == [1.0, 2.0]
+    assert got["B"]["inference"][0].tolist() == [2, 4, 16]
+
+
+def test_loglog_slope_recovers_the_exponent_of_a_power_law():
+    dims = np.array([4, 8, 16, 32, 64])
+    for p in (0.0, 1.0, 2.0, 0.5):
+        assert abs(table.loglog_slope(dims, 3e-3 * dims ** p) - p) < 1e-12
+    # a flat cost until the hidden layers stop dominating, then linear: in between
+    assert 0 < table.loglog_slope(dims, 1.0 + dims / 64) < 1
+
+
+def test_loglog_slope_refuses_what_it_cannot_fit():
+    for dims, seconds in (([4], [1.0]), ([4, 8], [1.0, 0.0]), ([4, 8], [1.0, 2.0, 3.0])):
+        with pytest.raises(ValueError, match="loglog_slope"):
+            table.loglog_slope(dims, seconds)
+
+
+def test_curves_of_a_measured_family():
+    tiny = table.Family("Tiny NICE", lambda d, rng, hidden, dtype: models.nice(
+        d, 1, (4,), rng=rng), dict(table.PARALLEL_ML))
+    got = table.curves(table.run(dims=(3, 2, 5), n=8, repeats=1, families=[tiny]))
+    assert set(got["Tiny NICE"]) == set(table.OPERATIONS)
+    for dims, seconds in got["Tiny NICE"].values():
+        assert dims.tolist() == [2, 3, 5] and (seconds > 0).all()
+
+
+def test_best_time_is_the_fastest_call_after_a_warm_up():
+    calls = []
+    seconds = table.best_time(lambda: calls.append(sum(range(20000))), repeats=3)
+    assert len(calls) == 4 and 0 <= seconds < 1
