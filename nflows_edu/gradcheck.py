@@ -412,11 +412,17 @@ def make_layer(name, rng, dim=None, scale=None, n=None):
     return layer, x
 
 
+def check_options(name):
+    """The options registered layer ``name`` is checked with: ``{"eps": ..., "entries": ...}``
+    (keyword arguments of ``check_bijector``)."""
+    entry = _REGISTRY[name]
+    return dict(eps=entry.eps, entries=entry.entries)
+
+
 def check_layer(name, rng):
     """``make_layer(name, rng)`` then ``check_bijector`` with the registration's options."""
     layer, x = make_layer(name, rng)
-    entry = _REGISTRY[name]
-    return check_bijector(layer, x, rng, eps=entry.eps, name=name, entries=entry.entries)
+    return check_bijector(layer, x, rng, name=name, **check_options(name))
 
 
 def check_all(seed=0, draws=1, layers=None):

@@ -128,7 +128,8 @@ def registry_checks(ex, cls, rng, draws=2, entries=None):
             label = f"{entry} draw {k + 1}"
             try:
                 _, student, x = build_pair(entry, ex.cls, cls, rng, ex.setup)
-                report = gradcheck.check_bijector(student, x, rng, name=entry)
+                report = gradcheck.check_bijector(student, x, rng, name=entry,
+                                                  **gradcheck.check_options(entry))
                 results.append((label, failures(report)))
             except Exception as err:  # noqa: BLE001  (a student's bug, reported)
                 results.append((label, [f"raised {type(err).__name__}: {err}"]))
@@ -275,7 +276,8 @@ def feedback(name, module_or_class, draws=2, seed=None):
         for k in range(draws):
             try:
                 _, student, x = build_pair(entry, ex.cls, cls, rng, ex.setup)
-                report = gradcheck.check_bijector(student, x, rng, name=entry)
+                report = gradcheck.check_bijector(student, x, rng, name=entry,
+                                                  **gradcheck.check_options(entry))
                 print(report)
                 ok &= report.passed()
             except NotImplementedError as err:

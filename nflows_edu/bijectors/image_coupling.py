@@ -11,6 +11,7 @@ learned prior is the same map again, with a single convolution as the net (``Spl
 """
 import numpy as np
 
+from ..assignment.catalogue import exercise
 from ..core import Bijector, check_images
 from ..gradcheck import randomize_parameters, register
 from ..nn import ConvNet, ResNet
@@ -252,3 +253,9 @@ register("ImageCoupling(resnet)", _resnet_coupling, inputs=_small_images)
 register("GlowCoupling", lambda d, r: GlowCoupling(d, hidden=3, activation="tanh", rng=r),
          inputs=_small_images, randomize=_randomize_half)
 register("Split", lambda d, r: Split(d, s_max=2.0, rng=r), inputs=_small_images)
+
+exercise("ImageAffineCoupling.backward", ImageAffineCoupling, "medium",
+         "RealNVP's affine coupling on images: the VJP through the mask, the soft bound and "
+         "the convolutional net", registry=("ImageCoupling(checkerboard)",
+                                            "ImageCoupling(channel)"),
+         shapes="dz (N, C, H, W), dlogdet (N,), cache (x, s, m, net_cache) -> dx (N, C, H, W)")
