@@ -288,6 +288,8 @@ def cmd_train(args):
         raise UsageError("--model iaf cannot train on data: IAF's density of a given point is "
                          "sequential and has no VJP; IAF trains by reverse KL, in its sampling "
                          "direction (use maf for maximum likelihood)")
+    if args.model in models.IMAGE_MODELS and args.data != "digits":
+        raise UsageError(f"--model {args.model} is a flow on images: use --data digits")
     if args.lr is None:
         args.lr = DIGITS_LR if args.data == "digits" else LR
     if args.data == "digits":
@@ -314,7 +316,8 @@ DIGITS_EVAL_EVERY = 50  # it overfits within a few hundred steps: look often
 DIGITS_HIDDEN = (512, 512)
 DIGITS_ACTIVATION = "tanh"
 DIGITS_LR = 1e-3
-DIGITS_MODELS = ("maf",)  # models that take pixel_levels and train by maximum likelihood
+DIGITS_MODELS = ("maf", "glow", "realnvp_image")  # take pixel_levels, train by max. likelihood
+DIGITS_TEMPERATURES = (0.5, 0.75, 1.0)  # samples.png: one grid per sampling temperature
 
 
 def run_digits(model, steps, batch_size, lr, out, seed=0, n_layers=None, dtype="float64",
@@ -345,11 +348,19 @@ def run_digits(model, steps, batch_size, lr, out, seed=0, n_layers=None, dtype="
     x = dequantize(np.tile(train_x, (DIGITS_COPIES, 1)), rng, levels)
     x_val = dequantize(datasets.digits("validation"), rng, levels)
     x_test = dequantize(np.tile(datasets.digits("test"), (DIGITS_TEST_COPIES, 1)), rng, levels)
-    kwargs = dict(hidden=DIGITS_HIDDEN, activation=DIGITS_ACTIVATION, pixel_levels=levels,
-                  rng=rng, dtype=np.dtype(dtype))
-    if n_layers is not None:
-        kwargs["n_layers"] = n_layers
-    flow = models.MODELS[model](dim, **kwargs)
+    if model in models.IMAGE_MODELS:  # the models' own defaults; --n-layers is Glow's depth
+        if n_layers is not None and model != "glow":
+            raise UsageError(f"--n-layers sets glow's depth; {model} has no such option")
+        kwargs = dict(shape=(1, 8, 8), pixel_levels=levels, rng=rng, dtype=np.dtype(dtype))
+        if n_layers is not None:
+            kwargs["depth"] = n_layers
+        flow = models.MODELS[model](**kwargs)
+    else:
+        kwargs = dict(hidden=DIGITS_HIDDEN, activation=DIGITS_ACTIVATION, pixel_levels=levels,
+                      rng=rng, dtype=np.dtype(dtype))
+        if n_layers is not None:
+            kwargs["n_layers"] = n_layers
+        flow = models.MODELS[model](dim, **kwargs)
     print(f"training {model} ({flow.num_params()} parameters) on digits ({len(train_x)} "
           f"images x {DIGITS_COPIES} dequantisations) for {steps} steps, batch {batch_size}, "
           f"lr {lr} (warm-up {warmup} steps, then cosine decay), keeping the parameters with "
@@ -369,7 +380,8 @@ def run_digits(model, steps, batch_size, lr, out, seed=0, n_layers=None, dtype="
 
     written = [io.save(flow, model_path, overwrite=overwrite)]
     written.append(os.path.join(out, "samples.png"))
-    fig = viz.digits_grid(flow.sample(64, rng), levels)
+    fig = viz.digits_temperatures({t: flow.sample(64, rng, temperature=t)
+                                   for t in DIGITS_TEMPERATURES}, levels)
     fig.savefig(written[-1], dpi=120, bbox_inches="tight")
     plt.close(fig)
     ax = viz.plot_loss(history)
@@ -381,7 +393,8 @@ def run_digits(model, steps, batch_size, lr, out, seed=0, n_layers=None, dtype="
     metrics = dict(model=model, data="digits", steps=steps, batch_size=batch_size, lr=lr,
                    warmup=warmup, seed=seed, dtype=dtype, best_step=history["best_step"],
                    best_val_nll=history["best_val_nll"], test_nll=test_nll, test_bpd=test_bpd,
-                   train_bpd=train_bpd, train_seconds=round(train_seconds, 3),
+                   train_bpd=train_bpd, temperatures=list(DIGITS_TEMPERATURES),
+                   train_seconds=round(train_seconds, 3),
                    seconds=round(seconds, 3))
     return _write_metrics(out, written, metrics)
 

@@ -218,6 +218,15 @@ class Bijector(Module):
         """VJP of ``inverse``: (dx (N, D), dlogdet (N,)) -> dz (N, D); adds into ``grads``."""
         raise NotImplementedError
 
+    def data_init(self, x):
+        """Data-dependent initialisation from the batch ``x``, then ``forward(x)``'s output.
+
+        Only layers initialised from data (Glow's ``ActNorm``) override it, to set their
+        parameters from the activations that reach them; containers pass it on to their
+        layers in order. For every other layer it is just the forward pass.
+        """
+        return self.forward(x)[0]
+
     def _check(self, x):
         return check_array(x, type(self).__name__, getattr(self, "dim", None))
 
@@ -255,6 +264,11 @@ class Chain(Bijector):
             logdet = logdet + ld
             caches.append(cache)
         return x, logdet, caches
+
+    def data_init(self, x):
+        for layer in self.layers:  # each layer sees the activations its predecessors make
+            x = layer.data_init(x)
+        return x
 
     def inverse(self, z):
         logdet = 0.0
@@ -356,12 +370,24 @@ class Flow(Module):
         z, logdet, _ = self.bijector.forward(x)
         return self.base.log_prob(z) + logdet
 
-    def sample(self, n, rng=None):
+    def data_init(self, x):
+        """Initialise the layers that are initialised from data (Glow's ``ActNorm``) on the
+        batch ``x`` (N, D), in order, each from the activations that reach it. ``train.fit``
+        calls this before the first step if a layer needs it; a trained or loaded flow keeps
+        its parameters (an initialised ``ActNorm`` does not initialise again)."""
+        self.bijector.data_init(self._input(x, "data_init"))
+
+    def sample(self, n, rng=None, temperature=1.0):
         """n samples x = f^{-1}(z) with z ~ p_Z -> (n, D).
 
         ``rng`` is a ``numpy.random.Generator`` (``np.random.default_rng(seed)``), or None for
-        fresh entropy.
+        fresh entropy. ``temperature`` T scales the noise, z = T * z_0 with z_0 ~ p_Z (Glow,
+        section 5: T < 1 trades diversity for samples from the high-density core).
         """
+        if not (isinstance(temperature, (int, float, np.integer, np.floating))
+                and np.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"Flow.sample: expected a positive finite temperature, got "
+                             f"{temperature!r}")
         if (isinstance(n, bool) or not isinstance(n, (int, np.integer, float, np.floating))
                 or not np.isfinite(n) or int(n) != n or n < 1):
             raise ValueError(f"Flow.sample: expected a positive whole number of samples, "
@@ -372,6 +398,8 @@ class Flow(Module):
             raise ValueError(f"Flow.sample: expected rng to be a numpy.random.Generator, such "
                              f"as np.random.default_rng(7), got {rng!r}")
         z = self.base.sample(int(n), rng).astype(self.dtype, copy=False)
+        if temperature != 1:
+            z = z * self.dtype.type(temperature)
         x, _, _ = self.bijector.inverse(z)
         return x
 

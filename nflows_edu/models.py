@@ -232,8 +232,82 @@ def radial(dim, n_layers=8, rng=None, dtype=np.float64):
     return _simple_flow("radial", Radial, dim, n_layers, rng, dtype)
 
 
+# ------------------------------------------------------------------ multi-scale image flows
+def _check_shape(shape, levels, where):
+    shape = tuple(int(v) for v in shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"{where}: expected shape (C, H, W) of positive sizes, got {shape!r}")
+    if isinstance(levels, bool) or int(levels) != levels or levels < 1:
+        raise ValueError(f"{where}: expected a positive number of levels, got {levels!r}")
+    step = 2 ** int(levels)
+    if shape[1] % step or shape[2] % step:
+        raise ValueError(f"{where}: {levels} levels squeeze the image {levels} times, so H and "
+                         f"W must be multiples of {step}; got shape {shape}")
+    return shape, int(levels)
+
+
+def _image_flow(name, shape, level_list, pixel_levels, logit_alpha, config, dtype):
+    from .bijectors import MultiScale
+    dim = int(np.prod(shape))
+    layers = []
+    if pixel_levels is not None:  # dequantised pixels in [0, L) -> (0, 1) -> logit, as ``maf``
+        layers += [ScaleToUnit(dim, pixel_levels), Logit(dim, logit_alpha)]
+    layers.append(MultiScale(shape, level_list))
+    config = dict(model=name, shape=list(shape), **config, pixel_levels=pixel_levels,
+                  logit_alpha=logit_alpha, dtype=np.dtype(dtype).name)
+    return Flow(Chain(layers), StandardNormal(dim, dtype), config)
+
+
+def glow(shape=(1, 8, 8), levels=2, depth=8, hidden=64, activation="relu", pixel_levels=None,
+         logit_alpha=0.05, rng=None, dtype=np.float64):
+    r"""Glow (Kingma, Dhariwal 2018, arXiv:1807.03039) on images of ``shape`` (C, H, W).
+
+    ``levels`` levels, each a ``Squeeze``, ``depth`` steps of flow (``ActNorm``,
+    ``LUInvertible1x1Conv``, ``GlowCoupling`` with ``hidden`` channels), and, except the last,
+    a ``Split`` whose half of the channels leaves the flow with Glow's learned prior
+    (``bijectors.glow_levels``, ``bijectors.MultiScale``). The flow acts on flattened images
+    (N, C H W); with ``pixel_levels`` it models dequantised pixels as ``maf`` does.
+
+    ActNorm is initialised from data: ``train.fit`` calls ``flow.data_init`` on a batch
+    before the first step. Sample at a temperature with ``flow.sample(n, rng, temperature)``.
+    """
+    shape, levels = _check_shape(shape, levels, "glow")
+    depth = _check_layers(depth, "glow (depth)")
+    rng = np.random.default_rng() if rng is None else rng
+    from .bijectors import glow_levels
+    level_list = glow_levels(shape, levels, depth, int(hidden), activation, rng, dtype)
+    config = dict(levels=levels, depth=depth, hidden=int(hidden), activation=activation)
+    return _image_flow("glow", shape, level_list, pixel_levels, logit_alpha, config, dtype)
+
+
+def realnvp_image(shape=(1, 8, 8), scales=2, hidden=32, n_blocks=2, net="resnet",
+                  activation="relu", s_max=3.0, pixel_levels=None, logit_alpha=0.05, rng=None,
+                  dtype=np.float64):
+    r"""RealNVP's multi-scale architecture (Dinh et al. 2016, section 3.6) on images.
+
+    Each scale but the last: 3 checkerboard couplings, ``Squeeze``, 3 channel couplings, then
+    half of the channels is factored out; the last scale: 4 checkerboard couplings
+    (``bijectors.realnvp_levels``). Couplings condition on RealNVP's small ResNet
+    (``net="resnet"``: ``n_blocks`` residual blocks of ``hidden`` channels) or on a plain
+    ``ConvNet`` (``net="convnet"``). Standard normal prior on every factored-out part.
+    """
+    shape, scales = _check_shape(shape, scales, "realnvp_image")
+    if net not in ("resnet", "convnet"):
+        raise ValueError(f"realnvp_image: expected net 'resnet' or 'convnet', got {net!r}")
+    rng = np.random.default_rng() if rng is None else rng
+    from .bijectors import realnvp_levels
+    level_list = realnvp_levels(shape, scales, int(hidden), int(n_blocks), activation, s_max,
+                                net, rng, dtype)
+    config = dict(scales=scales, hidden=int(hidden), n_blocks=int(n_blocks), net=net,
+                  activation=activation, s_max=s_max)
+    return _image_flow("realnvp_image", shape, level_list, pixel_levels, logit_alpha, config,
+                       dtype)
+
+
 MODELS = {"nice": nice, "realnvp": realnvp, "maf": maf, "iaf": iaf, "planar": planar,
-          "radial": radial, "iresnet": iresnet, "resflow": resflow, "impflow": impflow}
+          "radial": radial, "iresnet": iresnet, "resflow": resflow, "impflow": impflow,
+          "glow": glow, "realnvp_image": realnvp_image}
+IMAGE_MODELS = ("glow", "realnvp_image")  # built from shape=(C, H, W), not dim
 
 
 def build(config):

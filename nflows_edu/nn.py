@@ -672,11 +672,13 @@ def col2im(dcols, shape, k):
     """
     n, c, h, w = shape
     p = k // 2
-    d = dcols.reshape(n, h, w, c, k, k).transpose(0, 3, 4, 5, 1, 2)  # (N, C, k, k, H, W)
+    # (k, k, N, C, H, W), copied once so that each of the k^2 adds reads contiguous memory
+    # (adding from the strided view instead made this 3x slower than the matrix products)
+    d = np.ascontiguousarray(dcols.reshape(n, h, w, c, k, k).transpose(4, 5, 0, 3, 1, 2))
     dxp = np.zeros((n, c, h + 2 * p, w + 2 * p), dtype=dcols.dtype)
     for i in range(k):
         for j in range(k):
-            dxp[:, :, i:i + h, j:j + w] += d[:, :, i, j]
+            dxp[:, :, i:i + h, j:j + w] += d[i, j]
     return dxp[:, :, p:p + h, p:p + w]
 
 
@@ -801,3 +803,102 @@ class ConvNet(Sequential):
         kernels = tuple(layer.k for layer in self.layers if isinstance(layer, Conv2d))
         act = f", {self.layers[1]!r}" if len(self.layers) > 1 else ""
         return f"ConvNet({self.channels}, kernels={kernels}{act})"
+
+
+class ResNet(Module):
+    r"""RealNVP's residual conditioner for images: a 3x3 convolution in, ``n_blocks`` residual
+    blocks, an activation and a 3x3 convolution out.
+
+    Forward:  h_0 = conv_in(x)                                        (C_in -> hidden)
+              a_k = act(h_{k-1});   r_k = conv_k2(act(conv_k1(a_k)));   h_k = h_{k-1} + r_k
+                                                                       (k = 1..K, hidden)
+              a_out = act(h_K);     y = conv_out(a_out)                (hidden -> C_out)
+    Backward: da_out = conv_out.backward(dy);   dh_K = act.backward(da_out)
+              dh_{k-1} = dh_k + act.backward(branch_k.backward(dh_k))  (k = K..1: the skip
+              carries dh_k unchanged, the branch adds its own term)
+              dx = conv_in.backward(dh_0)
+
+    Every convolution is a ``Conv2d`` with kernel 3 and "same" padding, so H and W never
+    change. Each branch ``conv_k2(act(conv_k1(.)))`` is a ``ConvNet((hidden, hidden, hidden))``
+    (``blocks[k - 1]``), which keeps its parameters and their backward pass. The skip
+    connections let the gradient reach ``conv_in`` through the sum rather than through every
+    block, which is what makes deeper conditioners trainable.
+
+    With ``zero_last`` (the default) ``conv_out`` starts at W = 0, b = 0, so y = 0: a coupling
+    built on this net starts as the identity.
+
+    RealNVP's networks also use batch normalisation and weight normalisation inside the
+    blocks; they are left out here (a conditioner need not be invertible, and the flow
+    stays a plain function of each example).
+
+    Parameters
+    ----------
+    c_in, c_out : int
+        Input and output channels (for an affine coupling on C channels: C and 2 C).
+    hidden : int
+        Channels inside the network.
+    n_blocks : int, >= 0
+        Number of residual blocks K.
+    activation : {"relu", "leaky_relu", "tanh"}
+    zero_last : bool
+        Initialise ``conv_out`` to zero.
+    rng : numpy.random.Generator, optional
+    dtype : float dtype of the parameters
+
+    Shapes: x (N, C_in, H, W) -> y (N, C_out, H, W); every h_k, a_k, r_k (N, hidden, H, W).
+    ``_forward(x) -> (y, cache)`` skips the input check (a coupling layer checked its input);
+    ``backward(dy, cache) -> dx`` adds the parameter gradients, as ``ConvNet``'s.
+
+    References
+    ----------
+    Dinh, Sohl-Dickstein, Bengio (2016), "Density estimation using Real NVP",
+    arXiv:1605.08803, section 4.1; He, Zhang, Ren, Sun (2016), "Deep residual learning for
+    image recognition", arXiv:1512.03385.
+    """
+
+    def __init__(self, c_in, c_out, hidden=64, n_blocks=2, activation="relu", zero_last=True,
+                 rng=None, dtype=np.float64):
+        super().__init__()
+        for name, value, low in (("c_in", c_in, 1), ("c_out", c_out, 1), ("hidden", hidden, 1),
+                                 ("n_blocks", n_blocks, 0)):
+            if int(value) != value or value < low:
+                raise ValueError(f"ResNet: expected an integer {name} >= {low}, got {value!r}")
+        rng = np.random.default_rng() if rng is None else rng
+        self.c_in, self.c_out = int(c_in), int(c_out)
+        self.hidden, self.n_blocks = int(hidden), int(n_blocks)
+        self.activation = activation
+        self.conv_in = Conv2d(self.c_in, self.hidden, 3, rng, dtype)
+        self.blocks = [ConvNet((self.hidden, self.hidden, self.hidden), (3, 3), activation,
+                               rng=rng, dtype=dtype) for _ in range(self.n_blocks)]
+        # no parameters, and its cache is returned: one instance serves every position
+        self.act = make_activation(activation)
+        self.conv_out = Conv2d(self.hidden, self.c_out, 3, rng, dtype, zero=zero_last)
+
+    def forward(self, x):
+        x = check_images(x, "ResNet", self.c_in)
+        return self._forward(x)
+
+    def _forward(self, x):
+        """``forward`` without the input check, for a caller that checked ``x`` already."""
+        h, cache_in = self.conv_in._forward(x)
+        block_caches = []
+        for block in self.blocks:
+            a, cache_a = self.act.forward(h)
+            r, cache_r = block._forward(a)
+            h = h + r
+            block_caches.append((cache_a, cache_r))
+        a_out, cache_a_out = self.act.forward(h)
+        y, cache_out = self.conv_out._forward(a_out)
+        return y, (cache_in, block_caches, cache_a_out, cache_out)
+
+    def backward(self, dy, cache):
+        cache_in, block_caches, cache_a_out, cache_out = cache
+        da_out = self.conv_out.backward(dy, cache_out)
+        dh = self.act.backward(da_out, cache_a_out)
+        for block, (cache_a, cache_r) in zip(reversed(self.blocks), reversed(block_caches)):
+            dh = dh + self.act.backward(block.backward(dh, cache_r), cache_a)
+        return self.conv_in.backward(dh, cache_in)
+
+    def __repr__(self):
+        return (f"ResNet({self.c_in}, {self.c_out}, hidden={self.hidden}, "
+                f"n_blocks={self.n_blocks}, activation={self.activation!r})")

@@ -78,7 +78,9 @@ def fit(flow, data, steps=1000, batch_size=256, lr=1e-3, rng=None, val_data=None
     epochs: one random permutation of the rows per pass over ``data``, so every row is used
     once per pass; the last ``len(data) % batch_size`` rows of a pass are skipped), compute
     the mean NLL and its gradients (``flow.loss_and_grad``), clip their global norm to
-    ``clip``, take one optimizer step at the scheduled learning rate.
+    ``clip``, take one optimizer step at the scheduled learning rate. Before the first step, a
+    flow with a layer initialised from data (Glow's ``ActNorm``, not yet initialised) gets
+    ``flow.data_init`` on up to 512 random rows of ``data``.
 
     A diverging run stops: if the loss or the gradient norm is NaN or infinite, the
     parameters are no longer finite, or the loss exceeds the lowest loss so far by more than
@@ -112,6 +114,8 @@ def fit(flow, data, steps=1000, batch_size=256, lr=1e-3, rng=None, val_data=None
     if keep_best and val_data is None:
         raise ValueError("fit: keep_best=True needs val_data to choose the best parameters")
     rng = np.random.default_rng() if rng is None else rng
+    if needs_data_init(flow):  # Glow's ActNorm: initialised from a first batch, once
+        flow.data_init(data[rng.choice(len(data), min(len(data), 512), replace=False)])
     params = list(flow.parameters())
     if optimizer == "adam":
         opt = FusedAdam(params, lr=lr)  # optim.Adam's update, several times faster
@@ -124,6 +128,13 @@ def fit(flow, data, steps=1000, batch_size=256, lr=1e-3, rng=None, val_data=None
         return _fit_loop(flow, data, params, opt, steps, min(int(batch_size), len(data)), lr,
                          rng, val_data, schedule, warmup, clip, eval_every, keep_best, diverge,
                          progress)
+
+
+def needs_data_init(flow):
+    """True if a layer of ``flow`` waits for its data-dependent initialisation (an ``ActNorm``
+    whose buffer ``initialized`` is 0)."""
+    return any("initialized" in m.buffers and not m.buffers["initialized"]
+               for m in flow.modules())
 
 
 def _fit_loop(flow, data, params, opt, steps, batch_size, lr, rng, val_data, schedule, warmup,

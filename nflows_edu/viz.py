@@ -356,3 +356,23 @@ def digits_grid(v, levels=17, cols=8):
     for ax, image in zip(axes.ravel(), images):
         ax.imshow(image, cmap="gray_r", vmin=0, vmax=levels - 1)
     return fig
+
+
+def digits_temperatures(samples, levels=17, cols=8):
+    """One panel of 8x8 images per sampling temperature, side by side.
+
+    ``samples`` maps a temperature T to pixel values (n, 64) drawn at T (``flow.sample(n,
+    rng, temperature=T)``); each panel tiles its images ``cols`` per row with a one-pixel gap.
+    """
+    fig, axes = plt.subplots(1, len(samples), figsize=(3.2 * len(samples), 3.4), squeeze=False)
+    for ax, (t, v) in zip(axes[0], samples.items()):
+        images = np.clip(np.asarray(v, dtype=float), 0, levels - 1).reshape(-1, 8, 8)
+        rows = -(-len(images) // cols)
+        mosaic = np.full((rows * 9 + 1, cols * 9 + 1), np.nan)  # NaN: the gaps, left blank
+        for k, image in enumerate(images):
+            r, c = divmod(k, cols)
+            mosaic[1 + 9 * r:9 * (r + 1), 1 + 9 * c:9 * (c + 1)] = image
+        ax.imshow(mosaic, cmap="gray_r", vmin=0, vmax=levels - 1)
+        ax.set_title(f"T = {t:g}")
+        ax.axis("off")
+    return fig

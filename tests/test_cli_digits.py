@@ -24,9 +24,25 @@ def test_train_maf_on_digits_writes_metrics_and_samples(tmp_path, capsys):
 
 def test_digits_needs_a_maximum_likelihood_pixel_model(tmp_path, capsys):
     for model, data, words in (("iaf", "digits", "reverse KL"), ("iaf", "moons", "reverse KL"),
-                               ("realnvp", "digits", "expected --model maf")):
+                               ("realnvp", "digits", "expected --model maf"),
+                               ("glow", "moons", "use --data digits")):
         argv = ["train", "--model", model, "--data", data, "--steps", "2", "--out",
                 str(tmp_path / model)]
         assert cli.main(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith("nflows-edu: error:") and words in err
+
+
+def test_train_glow_on_digits_writes_metrics_and_temperature_samples(tmp_path, capsys):
+    out = tmp_path / "glow"
+    argv = ["train", "--model", "glow", "--data", "digits", "--steps", "2", "--batch-size",
+            "16", "--n-layers", "1", "--dtype", "float32", "--out", str(out), "--no-progress"]
+    assert cli.main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["model"] == "glow" and metrics["temperatures"] == [0.5, 0.75, 1.0]
+    assert np.isclose(metrics["test_bpd"], metrics["test_nll"] / (64 * np.log(2)))
+    assert os.path.getsize(out / "samples.png") > 1000
+    flow = io.load(out / "model.npz")
+    assert flow.config["model"] == "glow" and flow.config["depth"] == 1
+    assert flow.config["shape"] == [1, 8, 8] and flow.dim == 64
+    assert "bits/dim" in capsys.readouterr().out

@@ -3,9 +3,11 @@ from .autoregressive import IAF, MAF
 from .coupling import AdditiveCoupling, AffineCoupling, alternating_mask
 from .elementwise import Scaling
 from .glow import ActNorm, Invertible1x1Conv, LUInvertible1x1Conv
-from .image_coupling import ImageAffineCoupling, channel_mask, checkerboard_mask
+from .image_coupling import (GlowCoupling, ImageAffineCoupling, Split, channel_mask,
+                             checkerboard_mask)
 from .implicit import ImplicitBlock
-from .normalization import BatchNorm
+from .multiscale import MultiScale, glow_levels, realnvp_levels
+from .normalization import BatchNorm, BatchNorm2d
 from .permutation import Permutation, Reverse
 from .planar_radial import Planar, Radial
 from .preprocess import Logit, ScaleToUnit, dequantize
@@ -14,7 +16,8 @@ from .residual import ConvergenceError, ResidualBlock
 
 __all__ = ["AdditiveCoupling", "AffineCoupling", "alternating_mask", "Scaling", "Permutation",
            "Reverse", "ResidualBlock", "ConvergenceError", "ImplicitBlock", "MAF", "IAF",
-           "BatchNorm", "Logit", "ScaleToUnit", "dequantize", "Planar", "Radial",
+           "BatchNorm", "BatchNorm2d", "Logit", "ScaleToUnit", "dequantize", "Planar", "Radial",
            "ActNorm", "Invertible1x1Conv", "LUInvertible1x1Conv", "Squeeze",
            "squeeze", "unsqueeze", "ImageAffineCoupling",
-           "checkerboard_mask", "channel_mask"]
+           "checkerboard_mask", "channel_mask", "GlowCoupling", "Split", "MultiScale",
+           "glow_levels", "realnvp_levels"]

@@ -39,8 +39,9 @@ class ActNorm(Bijector):
     so that z = (x - m) / (sd + 1e-6) has zero mean and unit variance per channel on that
     batch. It also sets the buffer ``initialized`` to 1; the buffer is saved and loaded with the
     model, so a loaded model keeps its trained parameters (``initialize`` refuses to run again
-    unless ``force=True``). Nothing happens by itself in ``forward``: training code calls
-    ``initialize`` on the first batch (Glow does this once, before the first step).
+    unless ``force=True``). Nothing happens by itself in ``forward``: ``Flow.data_init`` (which
+    ``train.fit`` calls before the first step, as Glow does) runs a batch through the flow and
+    calls ``initialize`` with the activations that reach this layer.
 
     Shapes: x, z (N, C, H, W); logdet (N,). Parameters ``log_s``, ``b`` (C,); buffer
     ``initialized`` (int64, shape ()). A log-scale rather than Glow's s keeps the scale
@@ -77,6 +78,11 @@ class ActNorm(Bijector):
         self.params["b"][...] = -m * np.exp(log_s)
         self.buffers["initialized"][...] = 1
         return True
+
+    def data_init(self, x):
+        """``initialize(x)`` (a no-op once initialised), then the forward pass's output."""
+        self.initialize(x)
+        return self.forward(x)[0]
 
     def forward(self, x):
         x = self._check(x)

@@ -5,17 +5,33 @@ with a binary mask ``m`` of the image's shape instead of index sets (RealNVP, eq
 
     z = m * x + (1 - m) * (x * exp(s) + t),   (r, t_raw) = net(m * x)
 
-so the kept half is ``m * x`` and the net sees only it.
+so the kept half is ``m * x`` and the net sees only it. Glow's coupling is the same map with
+the log-scale ``s = log sigmoid(r + 2)`` (``GlowCoupling``), and Glow's factor-out with its
+learned prior is the same map again, with a single convolution as the net (``Split``).
 """
 import numpy as np
 
 from ..core import Bijector, check_images
-from ..gradcheck import register
-from ..nn import ConvNet
+from ..gradcheck import randomize_parameters, register
+from ..nn import ConvNet, ResNet
 from .coupling import (affine_backward, affine_forward, affine_inverse,
                        affine_inverse_backward, soft_bound, soft_bound_backward)
 
 MASKS = ("checkerboard", "channel")
+SCALES = ("tanh", "sigmoid")
+
+
+def sigmoid_scale(r):
+    r"""s = log sigmoid(r + 2), Glow's log-scale: s < 0 (the scale is in (0, 1)), s(0) = -0.127.
+
+    Written as -log(1 + exp(-(r + 2))) = -logaddexp(0, -(r + 2)), finite for every r.
+    """
+    return -np.logaddexp(0.0, -(r + 2.0))
+
+
+def sigmoid_scale_backward(ds, s):
+    r"""dr = ds * (1 - sigmoid(r + 2)) = ds * (1 - exp(s)): the VJP of ``sigmoid_scale``."""
+    return ds * (1.0 - np.exp(s))
 
 
 def checkerboard_mask(channels, height, width, parity=0):
@@ -37,12 +53,14 @@ class ImageAffineCoupling(Bijector):
 
     Forward:  (r, t_raw) = net(m * x)  (2 C output channels, split in two);
               s = (1 - m) * s_max * tanh(r / s_max);   t = (1 - m) * t_raw
+              (with ``scale="sigmoid"``, Glow's: s = (1 - m) * log sigmoid(r + 2))
               z = x * exp(s) + t   (so z = x where m = 1: there s = t = 0)
     Inverse:  x = (z - t) * exp(-s),   with (r, t_raw) = net(m * z)  (m * z = m * x)
     Log-det:  forward  sum_{c,h,w} s[n, c, h, w];   inverse  minus that
     Backward: (dx_direct, ds, dt) = affine_backward(dz, x, s, dlogdet):
               dx_direct = dz * exp(s);  ds = dz * x * exp(s) + dlogdet;  dt = dz
               dr = (1 - m) * ds * (1 - (s / s_max)^2);   dt_raw = (1 - m) * dt
+              (with ``scale="sigmoid"``: dr = (1 - m) * ds * (1 - exp(s)))
               dx = dx_direct + m * net.backward([dr, dt_raw])
     Inverse backward: (dz_direct, ds, dt) = affine_inverse_backward(dx, x, s, dlogdet):
               dz_direct = dx * exp(-s);  ds = -dx * x - dlogdet;  dt = -dz_direct
@@ -52,7 +70,8 @@ class ImageAffineCoupling(Bijector):
     ``"channel"`` keeps the first C // 2 channels (parity 0) or the last C - C // 2 (parity 1).
     The mask is built at each call for the image's H and W. The net is ``ConvNet((C, *hidden,
     2 C), kernels, activation, zero_last=zero_init)``, so with ``zero_init`` the layer starts as
-    the identity.
+    the identity; ``net=`` takes another conditioner from C to 2 C channels instead (RealNVP's
+    ``nn.ResNet``), any module with ``_forward(x) -> (out, cache)`` and ``backward``.
 
     Shapes: x, z, m, s, t (N, C, H, W) (m broadcast over N); logdet (N,).
 
@@ -61,7 +80,7 @@ class ImageAffineCoupling(Bijector):
 
     def __init__(self, channels, mask="checkerboard", parity=0, hidden=(64, 64),
                  kernels=None, activation="relu", s_max=3.0, rng=None, dtype=np.float64,
-                 zero_init=True):
+                 zero_init=True, scale="tanh", net=None):
         super().__init__()
         self.channels = int(channels)
         self.dim = None  # images: any H and W; see ``channels``
@@ -75,11 +94,16 @@ class ImageAffineCoupling(Bijector):
         if not (np.isfinite(s_max) and s_max > 0):
             raise ValueError(f"ImageAffineCoupling: expected a positive finite s_max, got "
                              f"{s_max!r}")
+        if scale not in SCALES:
+            raise ValueError(f"ImageAffineCoupling: expected scale in {SCALES}, got {scale!r}")
         self.mask_type, self.parity, self.s_max = mask, int(parity), float(s_max)
+        self.scale = scale
         hidden = tuple(hidden)
         kernels = (3,) * (len(hidden) + 1) if kernels is None else tuple(kernels)
-        self.net = ConvNet((self.channels, *hidden, 2 * self.channels), kernels, activation,
-                           zero_last=zero_init, rng=rng, dtype=dtype)
+        if net is None:
+            net = ConvNet((self.channels, *hidden, 2 * self.channels), kernels, activation,
+                          zero_last=zero_init, rng=rng, dtype=dtype)
+        self.net = net
 
     def _check(self, x):
         return check_images(x, "ImageAffineCoupling", self.channels)
@@ -93,10 +117,14 @@ class ImageAffineCoupling(Bijector):
         """(s, t, net_cache) from the kept half ``m * x``; both are zero where m = 1."""
         out, net_cache = self.net._forward(kept)
         r, t_raw = np.split(out, 2, axis=1)
-        return (1 - m) * soft_bound(r, self.s_max), (1 - m) * t_raw, net_cache
+        s = soft_bound(r, self.s_max) if self.scale == "tanh" else sigmoid_scale(r)
+        return (1 - m) * s, (1 - m) * t_raw, net_cache
 
     def _net_backward(self, ds, dt, s, m, net_cache):
-        dr = (1 - m) * soft_bound_backward(ds, s, self.s_max)
+        if self.scale == "tanh":
+            dr = (1 - m) * soft_bound_backward(ds, s, self.s_max)
+        else:
+            dr = (1 - m) * sigmoid_scale_backward(ds, s)
         dt_raw = (1 - m) * dt
         return m * self.net.backward(np.concatenate([dr, dt_raw], axis=1), net_cache)
 
@@ -125,8 +153,67 @@ class ImageAffineCoupling(Bijector):
         return dz + self._net_backward(ds, dt, s, m, net_cache)
 
     def __repr__(self):
-        return (f"ImageAffineCoupling(channels={self.channels}, mask={self.mask_type!r}, "
-                f"parity={self.parity}, net={self.net!r})")
+        return (f"{type(self).__name__}(channels={self.channels}, mask={self.mask_type!r}, "
+                f"parity={self.parity}, scale={self.scale!r}, net={self.net!r})")
+
+
+class GlowCoupling(ImageAffineCoupling):
+    r"""Glow's affine coupling: a channel mask, Glow's conditioner and scale sigmoid(h + 2).
+
+    Forward:  (r, t_raw) = net(m * x),  net = 3x3 conv, ReLU, 1x1 conv, ReLU, 3x3 conv (zero
+              initialised);   s = (1 - m) * log sigmoid(r + 2);   t = (1 - m) * t_raw
+              z = x * exp(s) + t
+    Everything else is ``ImageAffineCoupling``'s (same functions, ``scale="sigmoid"``):
+    inverse x = (z - t) * exp(-s); log-det sum s; the backward passes with
+    dr = (1 - m) * ds * (1 - exp(s)).
+
+    The scale sigmoid(r + 2) lies in (0, 1), so a coupling can only shrink, and log-det <= 0;
+    the net starts at r = 0, scale 0.88, which the following ActNorm absorbs. Glow adds the
+    shift before scaling, z = (x + t') sigmoid(r + 2); with t = t' sigmoid(r + 2) the two
+    are the same family of maps. The mask keeps the first C // 2 channels; the 1x1
+    convolution before each coupling mixes the channels, so no alternation is needed.
+
+    Shapes: x, z (N, C, H, W), C >= 2; logdet (N,).
+
+    References: Kingma, Dhariwal (2018), arXiv:1807.03039, section 3.3 and its code
+    (``scale = sigmoid(h + 2.)``).
+    """
+
+    def __init__(self, channels, hidden=64, activation="relu", rng=None, dtype=np.float64,
+                 parity=0):
+        super().__init__(channels, "channel", parity, hidden=(hidden, hidden), kernels=(3, 1, 3),
+                         activation=activation, rng=rng, dtype=dtype, zero_init=True,
+                         scale="sigmoid")
+
+
+class Split(ImageAffineCoupling):
+    r"""Glow's factor-out with a learned prior, as a bijector: the second half of the channels
+    is mapped to standard normal noise given the first half.
+
+    Glow models the half x_b that leaves the flow at the end of a level (channels C // 2 on)
+    by a Gaussian whose mean and log standard deviation come from the half x_a that goes on:
+    p(x_b | x_a) = N(mu(x_a), exp(log_sigma(x_a))^2), (mu, log_sigma) = conv3x3(x_a). That is
+    the same as saying that z_b = (x_b - mu) exp(-log_sigma) is standard normal, with log-det
+    -sum log_sigma: an affine coupling whose net is one convolution. So:
+
+    Forward:  (r, t_raw) = conv3x3(m * x)  (zero initialised, so mu = 0, sigma = 1 at first)
+              s = (1 - m) * s_max * tanh(r / s_max)   (s = -log_sigma);   t = (1 - m) * t_raw
+              (t = -mu exp(-log_sigma));   z = x * exp(s) + t
+    Inverse, log-det, backward, inverse backward: ``ImageAffineCoupling``'s.
+
+    ``MultiScale`` then takes channels C // 2 on out of the flow (they are z_b, already
+    standard normal under the base distribution) and passes the first C // 2 on.
+
+    Shapes: x, z (N, C, H, W), C >= 2; logdet (N,).
+
+    References: Kingma, Dhariwal (2018), arXiv:1807.03039, and its code (``split2d`` with a
+    learned prior); Dinh, Sohl-Dickstein, Bengio (2016), arXiv:1605.08803, section 3.6
+    (factoring out).
+    """
+
+    def __init__(self, channels, s_max=3.0, rng=None, dtype=np.float64):
+        super().__init__(channels, "channel", 0, hidden=(), kernels=(3,), s_max=s_max, rng=rng,
+                         dtype=dtype, zero_init=True)
 
 
 # ------------------------------------------------------------------ the gradcheck registry
@@ -142,7 +229,26 @@ register("ImageCoupling(checkerboard)",
          lambda d, r: ImageAffineCoupling(d, "checkerboard", int(r.integers(2)), hidden=(3,),
                                           activation="tanh", s_max=2.0, rng=r),
          inputs=_small_images)
+register("ImageCoupling(sigmoid)",
+         lambda d, r: ImageAffineCoupling(d, "checkerboard", int(r.integers(2)), hidden=(3,),
+                                          activation="tanh", scale="sigmoid", rng=r),
+         inputs=_small_images)
 register("ImageCoupling(channel)",
          lambda d, r: ImageAffineCoupling(d, "channel", int(r.integers(2)), hidden=(3,),
                                           kernels=(3, 1), activation="tanh", s_max=2.0, rng=r),
          inputs=_small_images)
+def _randomize_half(layer, rng, scale):
+    """Half the usual moves: a scale sigmoid(r + 2) far below 1 makes the Jacobian nearly
+    singular, and its slogdet then magnifies the central differences' round-off."""
+    return randomize_parameters(layer, rng, 0.5 * scale)
+
+
+def _resnet_coupling(d, r):
+    net = ResNet(d, 2 * d, hidden=3, n_blocks=1, activation="tanh", rng=r)
+    return ImageAffineCoupling(d, "checkerboard", int(r.integers(2)), s_max=2.0, net=net)
+
+
+register("ImageCoupling(resnet)", _resnet_coupling, inputs=_small_images)
+register("GlowCoupling", lambda d, r: GlowCoupling(d, hidden=3, activation="tanh", rng=r),
+         inputs=_small_images, randomize=_randomize_half)
+register("Split", lambda d, r: Split(d, s_max=2.0, rng=r), inputs=_small_images)
