@@ -10,20 +10,24 @@ import math
 import numpy as np
 
 
-def keep_freed_memory(nbytes=16 << 20):
+def keep_freed_memory(nbytes=31 << 20):
     r"""Stop glibc's malloc from handing the memory of every training step back to the OS.
 
     A step allocates its caches (megabytes) in forward and frees them in backward. glibc returns
     free memory at the top of its heap to the OS once more than twice its mmap threshold
     (128 KiB at start) is free, so the next step page-faults it all back in. When glibc frees a
     block it had mmapped, it raises that threshold to the block's size for the rest of the
-    process: one 16 MiB array, allocated and freed here (never touched: two system calls), sets
-    it to 16 MiB, so up to 32 MiB of freed memory stays in the process. Other allocators ignore
-    this. ``train.fit`` calls it once (it changes the process, so it is not done at import).
+    process: one 31 MiB array, allocated and freed here (never touched: two system calls), sets
+    it to 31 MiB, so up to 62 MiB of freed memory stays in the process. (glibc raises the
+    threshold only for blocks of at most 32 MiB, its DEFAULT_MMAP_THRESHOLD_MAX on 64-bit, so
+    31 MiB is about the most this can keep.) Other allocators ignore this. ``train.fit`` calls it
+    once (it changes the process, so it is not done at import).
 
     Measured (``benchmarks/coupling_step.py``, float32 RealNVP steps, 2 cores): page faults per
     step 869 -> 0 at D = 2 and 4,712 -> 0 at D = 64; system time per step 2.3 ms -> 0.04 ms and
     12.3 ms -> 0.04 ms; CPU time per step 7.8 -> 5.1 ms and 75 -> 56 ms (a loaded machine).
+    A Glow step on the digits (``benchmarks/glow_step.py``) frees about 38 MB: with 16 MiB it
+    page-faulted 9,200 times per step, with 31 MiB twice.
     """
     np.empty(nbytes, dtype=np.uint8)
 

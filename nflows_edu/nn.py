@@ -645,41 +645,38 @@ class LipschitzMLP(Module):
 # Convolutions on images (N, C, H, W): the conditioners of the image flows
 # ---------------------------------------------------------------------------------------------
 
+def matmul(a, b):
+    """``a @ b``. The convolutions call their matrix products through this name so that
+    ``benchmarks/glow_step.py`` can record and time them (it swaps the name for a recorder)."""
+    return a @ b
+
+
 def im2col(x, k):
     r"""The k x k patches of ``x`` (N, C, H, W), zero-padded by p = k // 2 ("same" size), as
     the rows of one matrix:
 
-        cols[(n, h, w), (c, i, j)] = xp[n, c, h + i, w + j],   xp = x padded by p on H and W
+        cols[(n, h, w), (i, j, c)] = xp[n, h + i, w + j, c],
+        xp = x in channels-last order (N, H, W, C), padded by p on H and W
 
-    Returns ``cols`` of shape (N H W, C k k). Row order (n, h, w) and column order (c, i, j)
-    match ``W.reshape(O, C k k)`` of a ``Conv2d`` weight.
+    Returns ``cols`` of shape (N H W, k k C): one row per output pixel, holding the k x k
+    pixels of its patch, each with its C channels. A 1 x 1 patch is the pixel itself, so for
+    k = 1 this is just x with the channels last: (N H W, C), no padding.
     """
     n, c, h, w = x.shape
+    if k == 1:
+        return x.transpose(0, 2, 3, 1).reshape(n * h * w, c)
     p = k // 2
-    xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
-    # a strided view (N, C, H, W, k, k), copied once into the matrix by the reshape
-    patches = np.lib.stride_tricks.sliding_window_view(xp, (k, k), axis=(2, 3))
-    return patches.transpose(0, 2, 3, 1, 4, 5).reshape(n * h * w, c * k * k)
-
-
-def col2im(dcols, shape, k):
-    r"""The adjoint of ``im2col``: add every patch gradient back onto the pixels it came from.
-
-        dx[n, c, h + i - p, w + j - p] += dcols[(n, h, w), (c, i, j)]   (inside the image)
-
-    ``dcols`` (N H W, C k k) -> dx of ``shape`` (N, C, H, W). One strided add per kernel
-    offset (i, j): k^2 array operations, not a loop over pixels.
-    """
-    n, c, h, w = shape
-    p = k // 2
-    # (k, k, N, C, H, W), copied once so that each of the k^2 adds reads contiguous memory
-    # (adding from the strided view instead made this 3x slower than the matrix products)
-    d = np.ascontiguousarray(dcols.reshape(n, h, w, c, k, k).transpose(4, 5, 0, 3, 1, 2))
-    dxp = np.zeros((n, c, h + 2 * p, w + 2 * p), dtype=dcols.dtype)
-    for i in range(k):
-        for j in range(k):
-            dxp[:, :, i:i + h, j:j + w] += d[i, j]
-    return dxp[:, :, p:p + h, p:p + w]
+    # Channels last: a row of cols is then k*k runs of C adjacent numbers, which the reshape
+    # below copies as blocks (from channels-first it copied runs of k, 12x slower at C = 64).
+    xp = np.zeros((n, h + 2 * p, w + 2 * p, c), dtype=x.dtype)
+    xp[:, p:p + h, p:p + w, :] = x.transpose(0, 2, 3, 1)
+    # patches[n, h, w, i, j, c] = xp[n, h + i, w + j, c]: a view (no copy) whose axes i and j
+    # step through xp as h and w do. np.lib.stride_tricks.sliding_window_view makes the same
+    # view; its argument handling cost 3% of a Glow step (benchmarks/glow_step.py).
+    sn, sh, sw, sc = xp.strides
+    patches = np.lib.stride_tricks.as_strided(xp, (n, h, w, k, k, c), (sn, sh, sw, sh, sw, sc),
+                                              writeable=False)
+    return patches.reshape(n * h * w, k * k * c)
 
 
 class Conv2d(Module):
@@ -688,19 +685,27 @@ class Conv2d(Module):
     Forward:  y[n, o, h, w] = b[o] + sum_{c, i, j} W[o, c, i, j] xp[n, c, h + i, w + j],
               xp = x zero-padded by p = k // 2 on both sides of H and W;
               computed as one matrix product of the patches:
-              cols = im2col(x)  (N H W, C k k);   Y = cols @ Wm^T + b,   Wm = W.reshape(O, C k k)
-              y = Y (N H W, O) reshaped to (N, H, W, O) and transposed to (N, O, H, W)
+              cols = im2col(x, k)  (N H W, k k C);   Y = cols @ Wm^T + b  (N H W, O),
+              Wm[o, (i, j, c)] = W[o, c, i, j]  (O, k k C);
+              y = Y reshaped to (N, H, W, O) and transposed to (N, O, H, W)
     Backward: dY = dy transposed to (N, H, W, O), reshaped to (N H W, O)
-              dW = (dY^T @ cols).reshape(O, C, k, k);   db = sum_rows dY
-              dcols = dY @ Wm;   dx = col2im(dcols)  (each patch entry back to its pixel)
+              dWm = dY^T @ cols,  dW[o, c, i, j] = dWm[o, (i, j, c)];   db = sum_rows dY
+              dx is itself a "same" convolution, of dy with the kernel flipped in space and
+              with its channel axes swapped:
+                  dx[n, c, h, w] = sum_{o, i, j} Wf[c, o, i, j] dyp[n, o, h + i, w + j],
+                  Wf[c, o, i, j] = W[o, c, k - 1 - i, k - 1 - j]
+              (each y[., h', w'] used x[., h' + i - p, w' + j - p] with weight W[., ., i, j]);
+              so, as the forward pass, one matrix product of patches:
+              dx = (im2col(dy, k) @ Wfm^T) reshaped to (N, H, W, C), transposed to (N, C, H, W)
 
     Shapes: x (N, C, H, W), y (N, O, H, W), W (O, C, k, k), b (O,). The cache is ``cols``
     (and the input shape). ``zero=True`` starts with W = 0, b = 0 (Glow's last conditioner
     layer, so a coupling starts as the identity); otherwise W, b ~ U(-1/sqrt(C k k),
     1/sqrt(C k k)), as ``Linear``.
 
-    References: Dumoulin, Visin (2016), "A guide to convolution arithmetic", arXiv:1603.07285;
-    Chellapilla, Puri, Simard (2006), im2col for convolutional networks.
+    References: Dumoulin, Visin (2016), "A guide to convolution arithmetic", arXiv:1603.07285
+    (section 4: the transposed convolution); Chellapilla, Puri, Simard (2006), im2col for
+    convolutional networks.
     """
 
     def __init__(self, n_in, n_out, kernel_size=3, rng=None, dtype=np.float64, zero=False):
@@ -727,18 +732,22 @@ class Conv2d(Module):
         """``forward`` without the input check, for a caller that checked ``x`` already."""
         n, _, h, w = x.shape
         cols = im2col(x, self.k)
-        Wm = self.params["W"].reshape(self.n_out, -1)
-        Y = cols @ Wm.T + self.params["b"]
+        Wm = self.params["W"].transpose(0, 2, 3, 1).reshape(self.n_out, -1)
+        Y = matmul(cols, Wm.T) + self.params["b"]
         y = Y.reshape(n, h, w, self.n_out).transpose(0, 3, 1, 2)
         return np.ascontiguousarray(y), (cols, x.shape)
 
     def backward(self, dy, cache):
-        cols, shape = cache
+        cols, (n, c, h, w) = cache
+        k = self.k
         dY = dy.transpose(0, 2, 3, 1).reshape(-1, self.n_out)
-        self.grads["W"] += (dY.T @ cols).reshape(self.params["W"].shape)
+        dWm = matmul(dY.T, cols)
+        self.grads["W"] += dWm.reshape(self.n_out, k, k, c).transpose(0, 3, 1, 2)
         self.grads["b"] += dY.sum(axis=0)
-        dcols = dY @ self.params["W"].reshape(self.n_out, -1)
-        return col2im(dcols, shape, self.k)
+        Wf = self.params["W"][:, :, ::-1, ::-1].transpose(1, 0, 2, 3)  # (C, O, k, k)
+        Wfm = Wf.transpose(0, 2, 3, 1).reshape(c, -1)
+        dX = matmul(dY if k == 1 else im2col(dy, k), Wfm.T)  # for k = 1, im2col(dy) is dY
+        return np.ascontiguousarray(dX.reshape(n, h, w, c).transpose(0, 3, 1, 2))
 
     def __repr__(self):
         return f"Conv2d({self.n_in}, {self.n_out}, kernel_size={self.k})"
