@@ -16,16 +16,15 @@ the wall time, and on a shared one they do not count the time the other processe
 The two directions are timed alternately, best of ``--repeats``. The first call of each
 dtype, which compiles the kernel or loads it from the cache, is timed separately (wall time).
 
-Both directions run with freed memory kept in the process (glibc's ``mallopt``, see
-``keep_freed_memory`` below). Without it the page faults of a call depend on which arrays
-earlier calls freed: measured, MAF's float32 ``log_prob`` paid 5,700 page faults per call
-(15 ms of system time) while IAF's ``sample``, the same five MADE passes, paid none, so the
-same kernel over the same passes printed 1.3 for MAF and 2.1 for IAF.
+Both directions run after ``fast.keep_freed_memory()`` (what ``train.fit`` runs with), so
+glibc keeps freed memory in the process. Without it the page faults of a call depend on
+which arrays earlier calls freed: measured, MAF's float32 ``log_prob`` paid 5,700 page faults
+per call (15 ms of system time) while IAF's ``sample``, the same five MADE passes, paid none,
+so the same kernel over the same passes printed 1.3 for MAF and 2.1 for IAF.
 
 Run:  python benchmarks/autoregressive.py [--repeats 7] [--reference]
 """
 import argparse
-import ctypes
 import sys
 import time
 from pathlib import Path
@@ -39,24 +38,11 @@ except ImportError:    # run from a checkout: use the package next to this scrip
 
 from threadpoolctl import threadpool_limits  # noqa: E402
 
-from nflows_edu import kernels, models  # noqa: E402
+from nflows_edu import fast, kernels, models  # noqa: E402
 
 N = 1024
 N_LAYERS = 5
 HIDDEN = (256, 256)
-
-
-def keep_freed_memory():
-    """Ask glibc's malloc to keep freed memory in the process (no trimming, no mmap for
-    large arrays), so no call page-faults memory back in. Returns False where that is not
-    possible (not glibc): the times then include page faults."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        return bool(libc.mallopt(m_trim_threshold, 1 << 30)
-                    and libc.mallopt(m_mmap_threshold, 1 << 25))
-    except (OSError, AttributeError):
-        return False
 
 
 def best_times(fns, repeats):
@@ -86,9 +72,9 @@ def main(argv=None):
     parser.add_argument("--reference", action="store_true",
                         help="also time MAF sampling with the NumPy reference loop (slow)")
     args = parser.parse_args(argv)
-    kept = keep_freed_memory()
+    fast.keep_freed_memory()
     print(f"maf/iaf(D, n_layers={N_LAYERS}, hidden={HIDDEN}), N = {N}; one thread; CPU time, "
-          f"best of {args.repeats}; freed memory kept in the process: {kept}")
+          f"best of {args.repeats}; fast.keep_freed_memory()")
 
     rng = np.random.default_rng(0)
     with threadpool_limits(1):
