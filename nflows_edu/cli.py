@@ -375,12 +375,17 @@ def run_digits(model, steps, batch_size, lr, out, seed=0, n_layers=None, dtype="
                         progress=progress)
     train_seconds = time.perf_counter() - start
     flow.eval()
-    test_nll = train.nll(flow, x_test)
+    # x_test is DIGITS_TEST_COPIES copies of the test images, one after the other: average
+    # each image's NLL over its copies, then the standard error is over the images
+    per_image = -train.log_prob(flow, x_test).reshape(DIGITS_TEST_COPIES, -1).mean(axis=0)
+    test_nll = float(per_image.mean())
+    test_nll_se = float(per_image.std(ddof=1) / np.sqrt(len(per_image)))
     test_bpd = datasets.bits_per_dim(test_nll, dim)
+    test_bpd_se = datasets.bits_per_dim(test_nll_se, dim)
     train_bpd = datasets.bits_per_dim(train.nll(flow, x[:len(train_x)]), dim)
-    print(f"best validation NLL at step {history['best_step']}; test NLL {test_nll:.2f} nats "
-          f"per image = {test_bpd:.4f} bits/dim (train {train_bpd:.4f}; uniform "
-          f"{np.log2(levels):.4f})")
+    print(f"best validation NLL at step {history['best_step']}; test NLL {test_nll:.2f} ± "
+          f"{test_nll_se:.2f} nats per image = {test_bpd:.4f} ± {test_bpd_se:.4f} bits/dim "
+          f"(train {train_bpd:.4f}; uniform {np.log2(levels):.4f})")
 
     written = [io.save(flow, model_path, overwrite=overwrite)]
     written.append(os.path.join(out, "samples.png"))
@@ -396,7 +401,8 @@ def run_digits(model, steps, batch_size, lr, out, seed=0, n_layers=None, dtype="
     seconds = time.perf_counter() - start
     metrics = dict(model=model, data="digits", steps=steps, batch_size=batch_size, lr=lr,
                    warmup=warmup, seed=seed, dtype=dtype, best_step=history["best_step"],
-                   best_val_nll=history["best_val_nll"], test_nll=test_nll, test_bpd=test_bpd,
+                   best_val_nll=history["best_val_nll"], test_nll=test_nll, test_nll_se=test_nll_se,
+                   test_bpd=test_bpd, test_bpd_se=test_bpd_se,
                    train_bpd=train_bpd, temperatures=list(DIGITS_TEMPERATURES),
                    train_seconds=round(train_seconds, 3),
                    seconds=round(seconds, 3))

@@ -40,6 +40,7 @@ def test_train_glow_on_digits_writes_metrics_and_temperature_samples(tmp_path, c
     assert cli.main(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["model"] == "glow" and metrics["temperatures"] == [0.5, 0.75, 1.0]
+    assert 0 < metrics["test_bpd_se"] < 0.5 * metrics["test_bpd"]
     assert np.isclose(metrics["test_bpd"], metrics["test_nll"] / (64 * np.log(2)))
     assert os.path.getsize(out / "samples.png") > 1000
     flow = io.load(out / "model.npz")
