@@ -21,7 +21,6 @@ one thread for these sizes); the matmul reference is measured at the same thread
 Run:  python benchmarks/coupling_step.py [--repeats 50]
 """
 import argparse
-import os
 import platform
 import resource
 import sys
@@ -44,17 +43,6 @@ CASES = [
     ("dim 64", 64, (512, 512), 256, "pct", 60.0),
 ]
 N_LAYERS = 8
-
-
-def blas_info():
-    """numpy version and the name/version of the BLAS it was built against."""
-    try:
-        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
-        name = f"{blas.get('name', '?')} {blas.get('version', '')}".strip()
-    except Exception as err:  # older numpy without mode="dicts"
-        name = f"unknown ({err})"
-    env = {k: v for k, v in os.environ.items() if k.startswith(("OPENBLAS", "OMP_", "MKL_"))}
-    return f"numpy {np.__version__}, BLAS {name}, {os.cpu_count()} CPUs, env {env}"
 
 
 def timed(fn, repeats, warmup):
@@ -146,7 +134,7 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=50, help="timed steps per case")
     args = parser.parse_args(argv)
 
-    print(blas_info())
+    print(threads.blas_info())
     print(f"python {platform.python_version()}, {platform.machine()}")
     print(f"realnvp, {N_LAYERS} layers, float32, one step = loss_and_grad + Adam; median of "
           f"{args.repeats} steps per variant, interleaved\n")

@@ -49,7 +49,6 @@ Run:  python benchmarks/glow_step.py [--repeats 30] [--profile STEPS]
 """
 import argparse
 import cProfile
-import os
 import platform
 import pstats
 import sys
@@ -66,7 +65,7 @@ except ImportError:    # run from a checkout: use the package next to this scrip
 
 from threadpoolctl import threadpool_limits  # noqa: E402
 
-from nflows_edu import datasets, fast, models, nn  # noqa: E402
+from nflows_edu import datasets, fast, models, nn, threads  # noqa: E402
 from nflows_edu.bijectors import dequantize, glow as glow_module  # noqa: E402
 
 # CPU time of the process (with one BLAS thread all the work is on the calling thread, and
@@ -76,17 +75,6 @@ clock = time.process_time
 BATCH = 64
 LEVELS = 17  # grey levels of the digits
 ANCHOR_S = 0.22  # PyTorch, same model, 2-core CPU
-
-
-def blas_info():
-    """numpy version and the name/version of the BLAS it was built against."""
-    try:
-        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
-        name = f"{blas.get('name', '?')} {blas.get('version', '')}".strip()
-    except Exception as err:  # older numpy without mode="dicts"
-        name = f"unknown ({err})"
-    env = {k: v for k, v in os.environ.items() if k.startswith(("OPENBLAS", "OMP_", "MKL_"))}
-    return f"numpy {np.__version__}, BLAS {name}, {os.cpu_count()} CPUs, env {env}"
 
 
 def make_step(seed=0):
@@ -242,7 +230,7 @@ def main(argv=None):
         args.clock = "cpu" if args.threads == 1 else "wall"
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
 
-    print(blas_info())
+    print(threads.blas_info())
     print(f"python {platform.python_version()}, {platform.machine()}")
     print(f"glow((1, 8, 8), levels 2, depth 8, hidden 64, pixel_levels {LEVELS}), float32, "
           f"batch {BATCH}; one step = loss_and_grad + FusedAdam; {args.threads} BLAS "

@@ -55,3 +55,18 @@ def blas_threads(threads="auto", flow=None, batch_size=None):
         return
     with threadpool_limits(limits=n, user_api="blas"):
         yield n
+
+
+def blas_info():
+    """numpy's version, the BLAS it was built against, the CPU count and the thread variables
+    of the environment: the first line of every benchmark's output."""
+    import os
+
+    import numpy as np
+    try:
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        name = f"{blas.get('name', '?')} {blas.get('version', '')}".strip()
+    except Exception as err:  # older numpy without mode="dicts"
+        name = f"unknown ({err})"
+    env = {k: v for k, v in os.environ.items() if k.startswith(("OPENBLAS", "OMP_", "MKL_"))}
+    return f"numpy {np.__version__}, BLAS {name}, {os.cpu_count()} CPUs, env {env}"

@@ -117,18 +117,12 @@ def test_batchnorm2d_training_backward_through_the_batch_statistics(rng):
     x = rng.standard_normal((3, 3, 2, 3)) * _per_channel([1.0, 3.0, 0.5]) \
         + _per_channel([0.0, -2.0, 4.0])
     dz, dlogdet = rng.standard_normal(x.shape), rng.standard_normal(3)
+    errors, problems = gradcheck.vjp_errors(layer, x, rng)
+    assert set(errors) == {"x"} | {name for name, _, _ in layer.parameters()}
+    assert max(errors.values()) <= 1e-7 and not problems, errors
     z, logdet, cache = layer.forward(x)
     layer.zero_grad()
     dx = layer.backward(dz, dlogdet, cache)
-
-    def loss():
-        z, logdet, _ = layer.forward(x)
-        return np.sum(dz * z) + np.sum(dlogdet * logdet)
-
-    assert gradcheck.rel_error(dx, gradcheck.numerical_gradient(loss, x)) <= 1e-7
-    for name, p, g in layer.parameters():
-        analytic = g.copy()
-        assert gradcheck.rel_error(analytic, gradcheck.numerical_gradient(loss, p)) <= 1e-7, name
     # the batch statistics do matter: the example-wise (eval-mode) formula would be wrong here
     layer.zero_grad()
     (xhat, sigma, _), shape = cache
