@@ -171,6 +171,8 @@ def build_parser():
     sa.add_argument("--model", required=True, metavar="PATH")
     sa.add_argument("-n", type=positive_int, required=True, help="number of samples")
     sa.add_argument("--seed", type=seed_int, default=None)
+    sa.add_argument("--temperature", type=positive_float, default=1.0,
+                    help="scale the base noise by T (default 1; Glow samples at 0.5-0.75)")
     sa.add_argument("--out", default=None, metavar="FILE")
 
     ch = sub.add_parser("check", help="finite-difference checks of every registered layer",
@@ -421,7 +423,7 @@ def cmd_sample(args):
     if args.out is not None and not args.out.endswith((".npy", ".csv")):
         raise UsageError(f"--out {args.out}: expected a file name ending in .npy or .csv")
     flow = load_model(args.model)
-    x = flow.sample(args.n, np.random.default_rng(args.seed))
+    x = flow.sample(args.n, np.random.default_rng(args.seed), temperature=args.temperature)
     if args.out is None:
         np.savetxt(sys.stdout, x, delimiter=",", fmt="%.17g")
         return 0

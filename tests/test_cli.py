@@ -109,6 +109,18 @@ def test_sample_to_stdout_is_reproducible(trained, capsys):
     assert capsys.readouterr().out != first
 
 
+def test_sample_at_a_temperature(trained, tmp_path):
+    from nflows_edu import io
+    path = tmp_path / "cold.npy"
+    args = ["sample", "--model", str(trained / "model.npz"), "-n", "5", "--seed", "2",
+            "--temperature", "0.5", "--out", str(path)]
+    assert cli.main(args) == 0
+    flow = io.load(trained / "model.npz")
+    want = flow.sample(5, np.random.default_rng(2), temperature=0.5)
+    np.testing.assert_array_equal(np.load(path), want)
+    assert cli.main(args[:-3] + ["0", "--out", str(path)]) == 2  # not positive
+
+
 @pytest.mark.parametrize("ext", [".npy", ".csv"])
 def test_sample_to_file(trained, tmp_path, ext):
     path = tmp_path / f"x{ext}"
