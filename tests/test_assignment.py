@@ -38,6 +38,13 @@ def test_a_bad_declaration_is_refused():
 
 # ------------------------------------------------------------------ mutation catalogue
 def test_mutation_catalogue_size():
+    from nflows_edu.assignment.catalogue import Exercise
+    from nflows_edu.assignment.mutants import Mutant, MutationResult
+    names = {e.name for e in exercises()}
+    assert all(isinstance(e, Exercise) for e in exercises())
+    assert all(isinstance(m, Mutant) and m.target in names for m in MUTANTS)
+    result = check_mutant(MUTANTS[0], draws=1)
+    assert isinstance(result, MutationResult) and result.mutant is MUTANTS[0]
     assert len(MUTANTS) >= 30
     assert len({m.layer for m in MUTANTS}) >= 8
     assert len({m.name for m in MUTANTS}) == len(MUTANTS)
