@@ -5,8 +5,9 @@ rebuild the same architecture and then copy the saved parameters into it.
 """
 import numpy as np
 
-from .bijectors import (IAF, MAF, AdditiveCoupling, AffineCoupling, BatchNorm, Logit, Scaling,
-                        ScaleToUnit, alternating_mask)
+from .bijectors import (IAF, MAF, AdditiveCoupling, AffineCoupling, BatchNorm, Logit,
+                        MultiScale, Scaling, ScaleToUnit, alternating_mask, glow_levels,
+                        realnvp_levels)
 from .core import Chain, Flow
 from .distributions import StandardLogistic, StandardNormal
 
@@ -247,7 +248,6 @@ def _check_shape(shape, levels, where):
 
 
 def _image_flow(name, shape, level_list, pixel_levels, logit_alpha, config, dtype):
-    from .bijectors import MultiScale
     dim = int(np.prod(shape))
     layers = []
     if pixel_levels is not None:  # dequantised pixels in [0, L) -> (0, 1) -> logit, as ``maf``
@@ -274,7 +274,6 @@ def glow(shape=(1, 8, 8), levels=2, depth=8, hidden=64, activation="relu", pixel
     shape, levels = _check_shape(shape, levels, "glow")
     depth = _check_layers(depth, "glow (depth)")
     rng = np.random.default_rng() if rng is None else rng
-    from .bijectors import glow_levels
     level_list = glow_levels(shape, levels, depth, int(hidden), activation, rng, dtype)
     config = dict(levels=levels, depth=depth, hidden=int(hidden), activation=activation)
     return _image_flow("glow", shape, level_list, pixel_levels, logit_alpha, config, dtype)
@@ -295,7 +294,6 @@ def realnvp_image(shape=(1, 8, 8), scales=2, hidden=32, n_blocks=2, net="resnet"
     if net not in ("resnet", "convnet"):
         raise ValueError(f"realnvp_image: expected net 'resnet' or 'convnet', got {net!r}")
     rng = np.random.default_rng() if rng is None else rng
-    from .bijectors import realnvp_levels
     level_list = realnvp_levels(shape, scales, int(hidden), int(n_blocks), activation, s_max,
                                 net, rng, dtype)
     config = dict(scales=scales, hidden=int(hidden), n_blocks=int(n_blocks), net=net,
