@@ -12,8 +12,8 @@ are at least half of the step. Anchor: a PyTorch Glow of that size took 0.22 s p
 How it is measured
 ------------------
 1. Step time: the median of ``--repeats`` steps; from the same steps, the medians of the time
-   in the Adam update and, by timers put around ``nn.im2col`` and ``nn.col2im`` (when the
-   module has it), in those two (the timers cost about a microsecond per call).
+   in the Adam update and, by a timer put around ``nn.im2col``, in the patch copies (the
+   timer costs about a microsecond per call).
 2. Recording: for ``--record`` more steps, ``nflows_edu.nn.matmul`` (the one name every
    ``Conv2d`` product is called through) and the 1x1 convolution's two helpers
    ``bijectors.glow._mix`` and ``_outer_sum`` are replaced by recorders that keep the operands
@@ -104,13 +104,13 @@ def make_step(seed=0):
 class Patches:
     """Swaps module-level helpers for wrappers while active (``with patches: ...``) and
     restores them on exit. ``Patches(record=True)`` records the operands of every product in
-    ``products``; ``Patches(record=False)`` only times ``im2col`` and ``col2im`` into
+    ``products``; ``Patches(record=False)`` only times ``im2col`` into
     ``copy_time``."""
 
     def __init__(self, record):
         self.record = record
         self.products = []                   # (a, b, origin) since the last new_step()
-        self.copy_time = defaultdict(float)  # seconds in im2col / col2im since new_step()
+        self.copy_time = defaultdict(float)  # seconds in im2col since new_step()
         self._saved = []
 
     def new_step(self):
@@ -118,9 +118,8 @@ class Patches:
         self.copy_time = defaultdict(float)
 
     def _patch(self, module, name, wrapper):
-        if hasattr(module, name):
-            self._saved.append((module, name, getattr(module, name)))
-            setattr(module, name, wrapper(getattr(module, name)))
+        self._saved.append((module, name, getattr(module, name)))
+        setattr(module, name, wrapper(getattr(module, name)))
 
     def __enter__(self):
         def record_matmul(original):
@@ -159,8 +158,7 @@ class Patches:
             self._patch(glow_module, "_mix", record_mix)
             self._patch(glow_module, "_outer_sum", record_outer_sum)
         else:
-            for name in ("im2col", "col2im"):
-                self._patch(nn, name, timer(name))
+            self._patch(nn, "im2col", timer("im2col"))
         return self
 
     def __exit__(self, *exc):
