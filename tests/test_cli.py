@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from nflows_edu import cli, gradcheck, train  # noqa: E402
+from nflows_edu import cli, gradcheck, io, train  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -164,6 +164,8 @@ def test_sample_npz_with_a_broken_config(tmp_path, capsys):
       "--batch-size", "8", "--lr", "nan", "--out", "x"], ["--lr", "nan"]),
     (["train", "--model", "realnvp", "--data", "moons", "--steps", "5",
       "--batch-size", "8", "--lr", "1e-3", "--out", "x", "--hidden", "64,,"], ["--hidden"]),
+    (["train", "--model", "maf", "--data", "moons", "--out", "x", "--beta2", "1"],
+     ["--beta2", "[0, 1)"]),
     (["sample", "--model", "m.npz", "-n", "zero"], ["-n", "zero"]),
     (["sample", "--model", "m.npz", "-n", "3", "--out", "x.txt"], ["x.txt"]),
     (["nosuchcommand"], ["nosuchcommand"]),
@@ -312,6 +314,32 @@ def test_clip_and_threads_options(tmp_path, capsys):
     assert "BLAS threads: 1" in capsys.readouterr().out
     assert cli.main(train_args(tmp_path / "b", "--threads", "0")) == 2
     assert cli.main(train_args(tmp_path / "c", "--clip", "-1")) == 2
+
+
+def test_maf_takes_its_own_toy_defaults_and_the_flags_override_them(tmp_path, monkeypatch):
+    seen = []
+    real = train.fit
+    monkeypatch.setattr(train, "fit", lambda *a, **k: (seen.append(k["betas"]), real(*a, **k))[1])
+    base = ["train", "--model", "maf", "--data", "8gaussians", "--steps", "3", "--batch-size",
+            "16", "--no-progress"]
+    assert cli.main(base + ["--out", str(tmp_path / "own")]) == 0
+    assert cli.main(base + ["--out", str(tmp_path / "set"), "--hidden", "8", "--beta2", "0.9"]) == 0
+    assert seen == [(0.9, 0.99), (0.9, 0.9)]
+    own, set_ = (io.load(tmp_path / d / "model.npz") for d in ("own", "set"))
+    assert own.config["hidden"] == [64, 64, 64] and set_.config["hidden"] == [8]
+    with open(tmp_path / "own" / "metrics.json") as f:
+        assert json.load(f)["beta2"] == 0.99
+    # the other models keep HIDDEN and BETA2
+    assert cli.main(train_args(tmp_path / "rnvp", "--steps", "2")) == 0
+    assert seen[-1] == (0.9, cli.BETA2)
+
+
+@pytest.mark.parametrize("extra", [["--hidden", "32"], ["--beta2", "0.9"]])
+def test_digits_refuses_the_toy_only_flags(extra, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(train, "fit", lambda *a, **k: pytest.fail("trained before refusing"))
+    argv = ["train", "--model", "maf", "--data", "digits", "--out", str(tmp_path), *extra]
+    assert cli.main(argv) == 2
+    assert_one_line_error(capsys.readouterr().err, extra[0], "2-D toys")
 
 
 def test_ctrl_c_saves_the_model_so_far(tmp_path, capsys, monkeypatch):

@@ -42,6 +42,8 @@ def test_finite_but_exploding_loss_is_divergence(rng):
     (dict(batch_size=0), "batch_size"), (dict(warmup=-1), "warmup"),
     (dict(diverge=0), "diverge"), (dict(keep_best=True), "val_data"),
     (dict(threads=0), "threads"), (dict(threads="many"), "threads"),
+    (dict(betas=(0.9, 1.0)), "betas"), (dict(betas=(0.9,)), "betas"),
+    (dict(betas=(-0.1, 0.99)), "betas"),
 ])
 def test_fit_refuses_bad_arguments(kwargs, words, rng):
     flow = models.realnvp(2, n_layers=2, hidden=(8,), rng=rng)
