@@ -297,8 +297,8 @@ def _train_and_report(flow, model, data, x, steps, batch_size, lr, beta2, out, s
 
     seconds = time.perf_counter() - start
     metrics = dict(model=model, data=data, steps=len(history["loss"]), batch_size=batch_size,
-                   lr=lr, beta2=beta2, warmup=warmup, seed=seed, test_nll=test_nll, kl=kl, kl_se=kl_se,
-                   n_test=len(test), interrupted=history["interrupted"],
+                   lr=lr, beta2=beta2, warmup=warmup, seed=seed, test_nll=test_nll, kl=kl,
+                   kl_se=kl_se, n_test=len(test), interrupted=history["interrupted"],
                    train_seconds=round(train_seconds, 3), seconds=round(seconds, 3))
     return _write_metrics(out, written, metrics)
 
@@ -323,7 +323,7 @@ def cmd_train(args):
         if args.hidden is not None or args.beta2 is not None:
             raise UsageError("--hidden and --beta2 are for the 2-D toys: on digits the MADEs "
                              f"have {','.join(map(str, DIGITS_HIDDEN))} hidden units and Adam "
-                             f"its default beta2 {BETA2:g}")
+                             f"keeps its default beta2 {BETA2:g}")
         run_digits(args.model, args.steps, args.batch_size, args.lr, args.out, seed=args.seed,
                    n_layers=args.n_layers, dtype=args.dtype, overwrite=args.overwrite,
                    progress=not args.no_progress, warmup=args.warmup, clip=args.clip)

@@ -64,8 +64,9 @@ def _check_fit_arguments(steps, batch_size, lr, clip, eval_every, warmup, diverg
     if clip is not None and not is_positive(clip):
         raise ValueError(f"fit: expected clip None (no clipping) or a positive finite gradient "
                          f"norm, got {clip!r}")
-    if not (len(betas) == 2 and all(isinstance(b, (float, int, np.floating)) and 0 <= b < 1
-                                    for b in betas)):
+    numbers = (float, int, np.floating, np.integer)
+    if not (np.ndim(betas) == 1 and len(betas) == 2
+            and all(isinstance(b, numbers) and 0 <= b < 1 for b in betas)):
         raise ValueError(f"fit: expected Adam's betas as two numbers in [0, 1), got {betas!r}")
 
 

@@ -317,13 +317,19 @@ def test_clip_and_threads_options(tmp_path, capsys):
 
 
 def test_maf_takes_its_own_toy_defaults_and_the_flags_override_them(tmp_path, monkeypatch):
-    seen = []
+    seen = []  # Adam's betas of every fit
     real = train.fit
-    monkeypatch.setattr(train, "fit", lambda *a, **k: (seen.append(k["betas"]), real(*a, **k))[1])
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["betas"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "fit", spy)
     base = ["train", "--model", "maf", "--data", "8gaussians", "--steps", "3", "--batch-size",
             "16", "--no-progress"]
     assert cli.main(base + ["--out", str(tmp_path / "own")]) == 0
-    assert cli.main(base + ["--out", str(tmp_path / "set"), "--hidden", "8", "--beta2", "0.9"]) == 0
+    flags = ["--hidden", "8", "--beta2", "0.9"]
+    assert cli.main(base + ["--out", str(tmp_path / "set"), *flags]) == 0
     assert seen == [(0.9, 0.99), (0.9, 0.9)]
     own, set_ = (io.load(tmp_path / d / "model.npz") for d in ("own", "set"))
     assert own.config["hidden"] == [64, 64, 64] and set_.config["hidden"] == [8]
