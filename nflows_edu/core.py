@@ -13,60 +13,94 @@ Backpropagation is explicit: ``backward(dz, dlogdet, cache)`` is the vector-Jaco
 ``dx`` and *adds* parameter gradients into ``self.grads``. ``inverse_backward`` does the same
 for ``inverse``. The cache is returned, never stored, so nothing is hidden in the object.
 """
+import math
+import numbers
+
 import numpy as np
 
 
-def check_array(x, where, dim=None):
-    r"""Return ``x`` as an array after checking it is a finite, non-empty ``(N, dim)`` batch of
-    real numbers (floats; integers and booleans are converted to float64).
+class NonFiniteError(ValueError):
+    """An array that should hold finite numbers holds NaN or inf.
 
-    Raises ``ValueError`` naming ``where`` (the layer or function) and what it expected.
+    A ``ValueError`` like every bad input, with its own class so that ``train.fit`` can tell
+    a diverging run (the parameters, or the activations they produce, left the finite
+    numbers) from a mistake in the call (a wrong shape), which it lets through.
+    """
+
+
+def _real_array(x, where):
+    r"""``x`` as a float array if it holds real numbers: floats stay as they are; integers,
+    booleans, and object arrays of real numbers that convert to float64 *exactly* (Python
+    ints and floats, ``Fraction(1, 2)``, NumPy scalars) become float64. Anything else
+    (complex, strings, dates, ``Fraction(1, 3)``, an int beyond 2^53) is a ``ValueError``.
     """
     x = np.asarray(x)
-    expected = f"(N, {dim})" if dim is not None else "(N, D)"
-    if x.dtype.kind not in "fiub":  # complex, datetime, strings, objects
+    if x.dtype.kind == "O":
+        values = x.ravel()
+        if not all(isinstance(v, numbers.Real) for v in values):
+            bad = next(v for v in values if not isinstance(v, numbers.Real))
+            raise ValueError(f"{where}: expected real numbers, got an object array holding "
+                             f"{type(bad).__name__} {bad!r}")
+        converted = x.astype(np.float64)
+        # Python compares an int or a Fraction with a float exactly, so this finds any value
+        # that float64 rounds (NaN and inf are left to the finiteness check)
+        inexact = [v for v, f in zip(values, converted.ravel().tolist())
+                   if math.isfinite(f) and v != f]
+        if inexact:
+            raise ValueError(f"{where}: expected real numbers that float64 holds exactly, got "
+                             f"{inexact[0]!r}, which it would round")
+        return converted
+    if x.dtype.kind not in "fiub":  # complex, datetime, strings
         raise ValueError(f"{where}: expected real numbers (a float or integer array), got "
                          f"dtype {x.dtype}")
+    return x if x.dtype.kind == "f" else x.astype(np.float64)
+
+
+def check_finite(x, where):
+    """Raise ``NonFiniteError`` naming ``where`` if ``x`` holds NaN or inf."""
+    if not np.isfinite(x).all():
+        raise NonFiniteError(f"{where}: expected finite values, got NaN or inf")
+
+
+def check_array(x, where, dim=None):
+    r"""Return ``x`` as a float array after checking it is a finite, non-empty ``(N, dim)``
+    batch of real numbers (``_real_array`` says which inputs convert).
+
+    Raises ``ValueError`` naming ``where`` (the layer or function) and what it expected;
+    ``NonFiniteError`` (a ``ValueError``) for NaN or inf.
+    """
+    x = _real_array(x, where)
+    expected = f"(N, {dim})" if dim is not None else "(N, D)"
     if x.ndim != 2 or (dim is not None and x.shape[1] != dim):
         raise ValueError(f"{where}: expected an array of shape {expected}, got shape {x.shape}")
     if x.shape[0] == 0:
         raise ValueError(f"{where}: expected a non-empty batch of shape {expected}, got N = 0")
-    if x.dtype.kind != "f":
-        x = x.astype(np.float64)
-    if not np.isfinite(x).all():
-        raise ValueError(f"{where}: expected finite values, got NaN or inf")
+    check_finite(x, where)
     return x
 
 
-
 def check_images(x, where, channels=None):
-    r"""Return ``x`` as an array after checking it is a finite, non-empty image batch of shape
-    ``(N, C, H, W)`` (with ``C == channels`` if given) of real numbers (floats; integers and
-    booleans are converted to float64).
+    r"""Return ``x`` as a float array after checking it is a finite, non-empty image batch of
+    shape ``(N, C, H, W)`` (with ``C == channels`` if given) of real numbers.
 
     The image counterpart of ``check_array``. Raises ``ValueError`` naming ``where`` (the
     layer or function) and the shape it expected.
     """
-    x = np.asarray(x)
+    x = _real_array(x, where)
     expected = f"(N, {channels}, H, W)" if channels is not None else "(N, C, H, W)"
-    if x.dtype.kind not in "fiub":  # complex, datetime, strings, objects
-        raise ValueError(f"{where}: expected real numbers (a float or integer array), got "
-                         f"dtype {x.dtype}")
     if x.ndim != 4:
         raise ValueError(f"{where}: expected an image batch of shape {expected}, got shape "
                          f"{x.shape}")
     if 0 in x.shape:
         raise ValueError(f"{where}: expected a non-empty image batch of shape {expected}, got "
                          f"shape {x.shape}")
-    if x.dtype.kind != "f":
-        x = x.astype(np.float64)
     # values before the channel count: a NaN is the more basic fault, whatever the layout
-    if not np.isfinite(x).all():
-        raise ValueError(f"{where}: expected finite values, got NaN or inf")
+    check_finite(x, where)
     if channels is not None and x.shape[1] != channels:
         raise ValueError(f"{where}: expected an image batch of shape {expected}, got shape "
                          f"{x.shape}")
     return x
+
 
 class Module:
     r"""Anything with parameters: ``params`` and ``grads`` dicts of arrays with the same keys.

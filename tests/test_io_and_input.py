@@ -1,12 +1,13 @@
 """Defects found by an adversarial review: each reproduced, each refused with a ValueError
 that names the file and the field (the loader) or the function and what it expected."""
 import json
+from fractions import Fraction
 
 import numpy as np
 import pytest
 
 import nflows_edu as nf
-from nflows_edu import models
+from nflows_edu import gradcheck, models
 from nflows_edu.bijectors import AffineCoupling
 
 
@@ -140,3 +141,34 @@ def test_float32_flow_names_the_range_not_the_layer():
     with pytest.raises(ValueError, match="float32") as err:
         flow.log_prob(np.array([[1e300, 0.0]]))
     assert "AffineCoupling" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", gradcheck.layer_names())
+def test_every_layer_takes_an_object_array_of_floats_as_numpy_does(name, rng):
+    # reported: x.astype(object) was refused by every layer, though np.asarray(x, float)
+    # converts it exactly
+    layer, x = gradcheck.make_layer(name, rng)
+    z = layer.forward(x)[0]
+    for method, inputs in ((layer.forward, x), (layer.inverse, z)):
+        want, want_logdet, _ = method(inputs)
+        got, got_logdet, _ = method(inputs.astype(object))
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(got_logdet, want_logdet)
+
+
+@pytest.mark.parametrize("value, words", [
+    ("0.5", "str"), (1 + 2j, "complex"), (None, "NoneType"),
+    (Fraction(1, 3), "round"), (2**60 + 1, "round"), (float("nan"), "finite"),
+])
+def test_an_object_array_that_does_not_convert_exactly_is_refused(value, words):
+    flow = models.realnvp(2, n_layers=2, hidden=(8,))
+    x = np.array([[0.25, value]], dtype=object)
+    with pytest.raises(ValueError, match=words):
+        flow.log_prob(x)
+
+
+def test_an_object_array_of_exact_reals_is_taken():
+    flow = models.realnvp(2, n_layers=2, hidden=(8,), rng=np.random.default_rng(0))
+    x = np.array([[Fraction(1, 2), 3], [np.float32(0.1), True]], dtype=object)
+    want = flow.log_prob(np.array([[0.5, 3.0], [float(np.float32(0.1)), 1.0]]))
+    np.testing.assert_array_equal(flow.log_prob(x), want)
