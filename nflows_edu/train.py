@@ -6,8 +6,10 @@ import math
 import numpy as np
 from tqdm import tqdm
 
-from .core import check_array
+from .bijectors.residual import ConvergenceError
+from .core import NonFiniteError, check_array
 from .fast import FusedAdam, keep_freed_memory
+from .nn import SpectralLinear
 from .optim import SGD, clip_grad_norm
 from .threads import blas_threads
 
@@ -18,6 +20,47 @@ class NonFiniteLossError(FloatingPointError):
 
 
 TrainingDiverged = NonFiniteLossError
+
+# What a training step raises when the parameters have left the region where the flow is
+# defined: a layer refusing non-finite activations (``NonFiniteError``), a root finder that no
+# longer converges (``ConvergenceError``), a log-det of an overflowing Jacobian (LinAlgError).
+# ``fit`` ends all of them as it ends a NaN loss. Every other exception is a mistake in the
+# call (a shape, an argument) and goes through unchanged.
+DIVERGED = (NonFiniteError, ConvergenceError, np.linalg.LinAlgError)
+
+
+class _LastGood:
+    r"""The parameters and float buffers of a flow as they were before the current step.
+
+    ``save()`` before each update; ``diverged(step, why)`` puts them back and returns the
+    ``NonFiniteLossError`` to raise, naming the step that diverged and the one kept.
+    """
+
+    def __init__(self, flow, params, where, steps, advice):
+        # the float buffers a step changes: BatchNorm's running averages, the power iteration
+        self.arrays = ([p for _, p, _ in params]
+                       + [b for _, b in flow.named_buffers() if b.dtype.kind == "f"])
+        self.copies = [a.copy() for a in self.arrays]
+        self.where, self.steps, self.advice = where, steps, advice
+
+    def save(self):
+        for a, good in zip(self.arrays, self.copies):
+            np.copyto(good, a)
+
+    def restore(self):
+        for a, good in zip(self.arrays, self.copies):
+            a[...] = good
+
+    def diverged(self, step, why, kept=None):
+        """Put the saved arrays back; the error for divergence found at ``step`` (0-based),
+        with the parameters of step ``kept`` (1-based; the step before, by default) back."""
+        self.restore()
+        kept = step if kept is None else kept
+        kept = ("the initial parameters" if kept == 0 else
+                f"the parameters of step {kept}, the last with an acceptable loss")
+        return NonFiniteLossError(
+            f"{self.where}: training diverged at step {step + 1} of {self.steps}: {why}. "
+            f"Stopped and put back {kept}. {self.advice}")
 
 
 def log_prob(flow, data, batch_size=65536):
@@ -74,6 +117,15 @@ def _all_finite(params):
     return all(np.isfinite(p).all() for _, p, _ in params)
 
 
+def _converge_power_iterations(flow):
+    """Start every spectral normalisation's power iteration from the exact singular vectors of
+    its weights (``SpectralLinear.converge``): it tracks weights that move a little per step,
+    not weights that moved before training started."""
+    for module in flow.modules():
+        if isinstance(module, SpectralLinear):
+            module.converge()
+
+
 def fit(flow, data, steps=1000, batch_size=256, lr=1e-3, rng=None, val_data=None,
         optimizer="adam", schedule="cosine", warmup=0, clip=100.0, eval_every=250,
         keep_best=False, diverge=1e3, threads="auto", progress=True, betas=(0.9, 0.999)):
@@ -123,6 +175,7 @@ def fit(flow, data, steps=1000, batch_size=256, lr=1e-3, rng=None, val_data=None
     if keep_best and val_data is None:
         raise ValueError("fit: keep_best=True needs val_data to choose the best parameters")
     rng = np.random.default_rng() if rng is None else rng
+    _converge_power_iterations(flow)
     if needs_data_init(flow):  # Glow's ActNorm: initialised from a first batch, once
         flow.data_init(data[rng.choice(len(data), min(len(data), 512), replace=False)])
     params = list(flow.parameters())
@@ -148,64 +201,56 @@ def needs_data_init(flow):
 
 def _fit_loop(flow, data, params, opt, steps, batch_size, lr, rng, val_data, schedule, warmup,
               clip, eval_every, keep_best, diverge, progress):
-    # The parameters, and the float buffers a training step changes (BatchNorm's running
-    # averages), as they were before the current step.
-    state = [p for _, p, _ in params] + [b for _, b in flow.named_buffers() if b.dtype.kind == "f"]
-    last_good = [a.copy() for a in state]
+    guard = _LastGood(flow, params, "fit", steps, f"Try a smaller learning rate (now {lr:g}) or "
+                      f"a tighter gradient clip (now {clip}).")
     best = flow.state_dict() if keep_best else None
     history = {"loss": [], "step": [], "train_nll": [], "val_nll": [], "interrupted": False}
     lowest = math.inf
     order, start = rng.permutation(len(data)), 0
     bar = tqdm(range(int(steps)), disable=not progress, desc="NLL", leave=False)
 
-    def stop(step, why):
-        for a, good in zip(state, last_good):
-            a[...] = good
+    def stop(step, why, cause=None, kept=None):
         bar.close()
-        kept = ("the initial parameters" if step == 0 else
-                f"the parameters of step {step}, the last with an acceptable loss")
-        raise NonFiniteLossError(
-            f"fit: training diverged at step {step + 1} of {steps}: {why}. Stopped and put "
-            f"back {kept}. Try a smaller learning rate (now {lr:g}) or a tighter gradient clip "
-            f"(now {clip}).")
+        raise guard.diverged(step, why, kept) from cause
 
-    try:
-        for step in bar:
-            if start + batch_size > len(data):  # a pass is over: reshuffle
-                order, start = rng.permutation(len(data)), 0
-            batch = data[order[start:start + batch_size]]
-            start += batch_size
-            try:
-                loss = flow.loss_and_grad(batch)
-            except ValueError:
-                # a layer refusing non-finite input: the last update broke the parameters
-                if _all_finite(params):
-                    raise
-                stop(step, "the parameters became non-finite")
-            grad_norm = clip_grad_norm(params, clip)
-            if not (np.isfinite(loss) and np.isfinite(grad_norm)):
-                stop(step, f"the loss became {loss} (gradient norm {grad_norm})")
-            if loss > lowest + diverge:
-                stop(step, f"the loss exploded to {loss:.4g}, {loss - lowest:.3g} nats above "
-                     f"its lowest value so far (the limit is diverge={diverge:g})")
-            lowest = min(lowest, loss)
-            for a, good in zip(state, last_good):
-                np.copyto(good, a)
-            opt.lr = learning_rate(step, steps, lr, schedule, warmup)
-            opt.step()
-            history["loss"].append(loss)
-            if progress and (step + 1) % 25 == 0:  # the running NLL: mean of the last 25 batches
-                bar.set_postfix(nll=f"{np.mean(history['loss'][-25:]):.3f}", refresh=False)
-            if (step + 1) % eval_every == 0 or step + 1 == steps:
-                _evaluate(flow, history, step, eval_every, val_data, best, bar, progress)
-    except KeyboardInterrupt:
-        # Ctrl-C may land inside the optimizer's in-place update: go back to the last
-        # parameters that a whole step produced.
-        for a, good in zip(state, last_good):
-            a[...] = good
-        history["interrupted"] = True
-        bar.write(f"interrupted after {len(history['loss'])} steps; keeping the parameters "
-                  "of the last completed step")
+    # A diverging step overflows somewhere (the optimizer's update, a layer's exp): the guard
+    # below sees the result and stops with one message, so NumPy's warnings are not shown.
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        try:
+            for step in bar:
+                if start + batch_size > len(data):  # a pass is over: reshuffle
+                    order, start = rng.permutation(len(data)), 0
+                batch = data[order[start:start + batch_size]]
+                start += batch_size
+                try:
+                    loss = flow.loss_and_grad(batch)
+                except DIVERGED as err:
+                    stop(step, f"the last update broke the flow ({err})", err)
+                grad_norm = clip_grad_norm(params, clip)
+                if not (np.isfinite(loss) and np.isfinite(grad_norm)):
+                    stop(step, f"the loss became {loss} (gradient norm {grad_norm})")
+                if loss > lowest + diverge:
+                    stop(step, f"the loss exploded to {loss:.4g}, {loss - lowest:.3g} nats above "
+                         f"its lowest value so far (the limit is diverge={diverge:g})")
+                lowest = min(lowest, loss)
+                guard.save()
+                opt.lr = learning_rate(step, steps, lr, schedule, warmup)
+                opt.step()
+                history["loss"].append(loss)
+                if progress and (step + 1) % 25 == 0:  # running NLL: mean of the last 25 batches
+                    bar.set_postfix(nll=f"{np.mean(history['loss'][-25:]):.3f}", refresh=False)
+                if (step + 1) % eval_every == 0 or step + 1 == steps:
+                    _evaluate(flow, history, step, eval_every, val_data, best, bar, progress)
+        except KeyboardInterrupt:
+            # Ctrl-C may land inside the optimizer's in-place update: go back to the last
+            # parameters that a whole step produced.
+            guard.restore()
+            history["interrupted"] = True
+            bar.write(f"interrupted after {len(history['loss'])} steps; keeping the parameters "
+                      "of the last completed step")
+        if not _all_finite(params):  # the last update, which no later step has looked at
+            done = len(history["loss"])
+            stop(done - 1, "its update made the parameters non-finite", kept=done)
     bar.close()
     if best is not None and history["val_nll"]:
         flow.load_state_dict(best)
@@ -322,36 +367,43 @@ def fit_reverse_kl(flow, log_target, grad_log_target, steps=5000, batch_size=256
         raise ValueError(f"fit_reverse_kl: expected anneal_steps >= 0 and 0 < beta0 <= 1, got "
                          f"{anneal_steps!r} and {beta0!r}")
     rng = np.random.default_rng() if rng is None else rng
+    _converge_power_iterations(flow)
     params = list(flow.parameters())
     opt = FusedAdam(params, lr=lr)  # optim.Adam's update, faster (as in fit)
-    last_good = [p.copy() for _, p, _ in params]
+    guard = _LastGood(flow, params, "fit_reverse_kl", steps, f"Try a smaller learning rate "
+                      f"(now {lr:g}) or a tighter gradient clip (now {clip}).")
     history = {"loss": [], "beta": [], "step": [], "kl_minus_log_z": []}
     bar = tqdm(range(int(steps)), disable=not progress, desc="reverse KL", leave=False)
-    for step in bar:
-        beta = 1.0 if anneal_steps == 0 else min(1.0, beta0 + step / anneal_steps)
-        z = flow.base.sample(int(batch_size), rng)
-        loss = reverse_kl_loss_and_grad(flow, z, log_target, grad_log_target, beta)
-        grad_norm = clip_grad_norm(params, clip)
-        if not (np.isfinite(loss) and np.isfinite(grad_norm)):
-            for (_, p, _), good in zip(params, last_good):
-                p[...] = good
-            bar.close()
-            raise NonFiniteLossError(
-                f"fit_reverse_kl: the loss became {loss} (gradient norm {grad_norm}) at step "
-                f"{step}; stopped and restored the parameters of step {step - 1}. Try a smaller "
-                f"lr (now {lr}) or a tighter clip (now {clip}).")
-        for (_, p, _), good in zip(params, last_good):
-            np.copyto(good, p)
-        opt.lr = learning_rate(step, steps, lr, schedule, warmup)
-        opt.step()
-        history["loss"].append(loss)
-        history["beta"].append(beta)
-        if progress and (step + 1) % 25 == 0:
-            bar.set_postfix(loss=f"{np.mean(history['loss'][-25:]):.3f}", refresh=False)
-        if (step + 1) % eval_every == 0 or step + 1 == steps:
-            recent = history["loss"][-eval_every:]
-            at_one = all(b == 1.0 for b in history["beta"][-len(recent):])
-            history["step"].append(step + 1)
-            history["kl_minus_log_z"].append(float(np.mean(recent)) if at_one else float("nan"))
+
+    def stop(step, why, cause=None, kept=None):
+        bar.close()
+        raise guard.diverged(step, why, kept) from cause
+
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # as in fit
+        for step in bar:
+            beta = 1.0 if anneal_steps == 0 else min(1.0, beta0 + step / anneal_steps)
+            z = flow.base.sample(int(batch_size), rng)
+            try:
+                loss = reverse_kl_loss_and_grad(flow, z, log_target, grad_log_target, beta)
+            except DIVERGED as err:
+                stop(step, f"the last update broke the flow ({err})", err)
+            grad_norm = clip_grad_norm(params, clip)
+            if not (np.isfinite(loss) and np.isfinite(grad_norm)):
+                stop(step, f"the loss became {loss} (gradient norm {grad_norm})")
+            guard.save()
+            opt.lr = learning_rate(step, steps, lr, schedule, warmup)
+            opt.step()
+            history["loss"].append(loss)
+            history["beta"].append(beta)
+            if progress and (step + 1) % 25 == 0:
+                bar.set_postfix(loss=f"{np.mean(history['loss'][-25:]):.3f}", refresh=False)
+            if (step + 1) % eval_every == 0 or step + 1 == steps:
+                recent = history["loss"][-eval_every:]
+                at_one = all(b == 1.0 for b in history["beta"][-len(recent):])
+                history["step"].append(step + 1)
+                history["kl_minus_log_z"].append(float(np.mean(recent)) if at_one
+                                                 else float("nan"))
+        if not _all_finite(params):
+            stop(steps - 1, "its update made the parameters non-finite", kept=steps)
     bar.close()
     return history

@@ -99,7 +99,7 @@ def test_fit_reverse_kl_guard_restores_parameters(rng):
         return np.full(len(x), np.nan if calls["n"] > 3 else 0.0)
 
     before = None
-    with pytest.raises(train.NonFiniteLossError, match="restored"):
+    with pytest.raises(train.NonFiniteLossError, match="put back"):
         def grad(x):
             nonlocal before
             if calls["n"] == 3:
