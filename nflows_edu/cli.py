@@ -277,6 +277,7 @@ def _train_and_report(flow, model, data, x, steps, batch_size, lr, beta2, out, s
     if history["interrupted"]:
         print(f"interrupted by Ctrl-C after {len(history['loss'])} of {steps} steps: "
               "evaluating and saving the model so far")
+    flow.eval()  # the density itself: exact Lipschitz bounds and log-dets, BatchNorm's averages
     test = datasets.toy(data, n_test(), rng)
     log_q = train.log_prob(flow, test)
     test_nll = float(-log_q.mean())

@@ -122,7 +122,7 @@ def _blocks(n_blocks, n_layers, where):
 
 
 def iresnet(dim, n_blocks=8, hidden=(64, 64), c=0.9, logdet="exact", activation="lipswish",
-            n_terms=5, n_layers=None, rng=None, dtype=np.float64):
+            n_terms=5, eval_logdet=None, n_layers=None, rng=None, dtype=np.float64):
     r"""Invertible residual network (Behrmann et al. 2019, arXiv:1811.00995).
 
     ``n_blocks`` residual blocks ``x <- x + g_k(x)``, each ``g_k`` a spectrally normalised MLP
@@ -130,46 +130,56 @@ def iresnet(dim, n_blocks=8, hidden=(64, 64), c=0.9, logdet="exact", activation=
     ``"series"`` (i-ResNet's truncated power series, ``n_terms`` terms, Hutchinson) or
     ``"roulette"``. The paper used ELU; LipSwish here, because the exact log-det's gradient
     needs the activation's second derivative. ``n_layers`` is an alias of ``n_blocks``.
+    ``eval_logdet`` is the log-det in evaluation mode (``flow.eval()``, what sampling and
+    density evaluation use); None means exact for dim <= 16, ``logdet`` beyond
+    (``ResidualBlock``); ``flow.config["eval_logdet"]`` says which.
 
         log p(x) = log N(z; 0, I) + sum_k log det(I + J_{g_k}(x_{k-1}))
     """
-    from .bijectors.residual import ResidualBlock
+    from .bijectors.residual import ResidualBlock, default_eval_logdet
     from .nn import _check_lipschitz_bound
     dim = _check_dim(dim, "iresnet")
     c = _check_lipschitz_bound(c, "iresnet")
     n_blocks = _blocks(n_blocks, n_layers, "iresnet")
     rng = np.random.default_rng() if rng is None else rng
-    layers = [ResidualBlock(dim, hidden, c, activation, logdet, n_terms=n_terms, rng=rng,
-                            dtype=dtype) for _ in range(n_blocks)]
+    eval_logdet = default_eval_logdet(dim, logdet) if eval_logdet is None else eval_logdet
+    layers = [ResidualBlock(dim, hidden, c, activation, logdet, n_terms=n_terms,
+                            eval_logdet=eval_logdet, rng=rng, dtype=dtype)
+              for _ in range(n_blocks)]
     config = dict(model="iresnet", dim=dim, n_blocks=n_blocks, hidden=list(hidden), c=c,
-                  logdet=logdet, activation=activation, n_terms=n_terms,
-                  dtype=np.dtype(dtype).name)
+                  logdet=logdet, eval_logdet=eval_logdet, activation=activation,
+                  n_terms=n_terms, dtype=np.dtype(dtype).name)
     return Flow(Chain(layers), StandardNormal(dim, dtype), config)
 
 
 def resflow(dim, n_blocks=8, hidden=(64, 64), c=0.9, logdet="roulette", activation="lipswish",
-            n_exact=2, p=0.5, n_layers=None, rng=None, dtype=np.float64):
+            n_exact=2, p=0.5, eval_logdet=None, n_layers=None, rng=None, dtype=np.float64):
     r"""Residual Flow (Chen et al. 2019, arXiv:1906.02735): residual blocks with LipSwish and
     the unbiased Russian-roulette log-det estimator (``n_exact`` terms always, then a
-    geometric(``p``) number more) with the Neumann-series gradient. ``logdet="exact"`` swaps
-    in the exact log-det (for evaluation in 2-D, see ``set_logdet``).
+    geometric(``p``) number more) with the Neumann-series gradient, in training. The
+    roulette's estimate is unbiased for the log-density but differs at every call, so
+    evaluation mode (``flow.eval()``) uses ``eval_logdet``: None means the exact log-det for
+    dim <= 16 (then ``log_prob`` is the density itself, the same at every call) and the
+    roulette, seeded afresh at every call, beyond; ``flow.config["eval_logdet"]`` says which.
     """
-    from .bijectors.residual import ResidualBlock
+    from .bijectors.residual import ResidualBlock, default_eval_logdet
     from .nn import _check_lipschitz_bound
     dim = _check_dim(dim, "resflow")
     c = _check_lipschitz_bound(c, "resflow")
     n_blocks = _blocks(n_blocks, n_layers, "resflow")
     rng = np.random.default_rng() if rng is None else rng
-    layers = [ResidualBlock(dim, hidden, c, activation, logdet, n_exact=n_exact, p=p, rng=rng,
-                            dtype=dtype) for _ in range(n_blocks)]
+    eval_logdet = default_eval_logdet(dim, logdet) if eval_logdet is None else eval_logdet
+    layers = [ResidualBlock(dim, hidden, c, activation, logdet, n_exact=n_exact, p=p,
+                            eval_logdet=eval_logdet, rng=rng, dtype=dtype)
+              for _ in range(n_blocks)]
     config = dict(model="resflow", dim=dim, n_blocks=n_blocks, hidden=list(hidden), c=c,
-                  logdet=logdet, activation=activation, n_exact=n_exact, p=p,
-                  dtype=np.dtype(dtype).name)
+                  logdet=logdet, eval_logdet=eval_logdet, activation=activation,
+                  n_exact=n_exact, p=p, dtype=np.dtype(dtype).name)
     return Flow(Chain(layers), StandardNormal(dim, dtype), config)
 
 
 def impflow(dim, n_blocks=4, hidden=(64, 64), c=0.99, logdet="exact", activation="sine",
-            tol=None, n_layers=None, rng=None, dtype=np.float64):
+            tol=None, eval_logdet=None, n_layers=None, rng=None, dtype=np.float64):
     r"""Implicit normalizing flow (Lu et al. 2021, arXiv:2103.09527): ``n_blocks``
     ``ImplicitBlock``s, each with two Lipschitz MLPs g_x, g_z (Lip <= c) and z the root of
     g_x(x) - g_z(z) + x - z = 0 (Anderson-accelerated fixed point); standard normal prior.
@@ -178,27 +188,31 @@ def impflow(dim, n_blocks=4, hidden=(64, 64), c=0.99, logdet="exact", activation
     ``tol`` is the root finder's tolerance; None means 1e-9 in float64, which leaves z
     within c/(1-c) * 1e-9 = 1e-7 of the root, far below what training or an NLL notices, at
     about half the iterations of the 1e-13 the registry checks use (round trip <= 1e-10),
-    and 1e-5 in float32 (its round-off is ~1e-7).
+    and 1e-5 in float32 (its round-off is ~1e-7). ``eval_logdet`` as in ``resflow``.
     """
     from .bijectors.implicit import ImplicitBlock
+    from .bijectors.residual import default_eval_logdet
     from .nn import _check_lipschitz_bound
     dim = _check_dim(dim, "impflow")
     c = _check_lipschitz_bound(c, "impflow")
     n_blocks = _blocks(n_blocks, n_layers, "impflow")
     rng = np.random.default_rng() if rng is None else rng
     solver_tol = (1e-9 if np.dtype(dtype) == np.float64 else 1e-5) if tol is None else tol
+    eval_logdet = default_eval_logdet(dim, logdet) if eval_logdet is None else eval_logdet
     layers = [ImplicitBlock(dim, hidden, c, activation, logdet, rng=rng, dtype=dtype,
-                            tol=solver_tol)
+                            tol=solver_tol, eval_logdet=eval_logdet)
               for _ in range(n_blocks)]
     config = dict(model="impflow", dim=dim, n_blocks=n_blocks, hidden=list(hidden), c=c,
-                  logdet=logdet, activation=activation, tol=tol, dtype=np.dtype(dtype).name)
+                  logdet=logdet, eval_logdet=eval_logdet, activation=activation, tol=tol,
+                  dtype=np.dtype(dtype).name)
     return Flow(Chain(layers), StandardNormal(dim, dtype), config)
 
 
 def set_logdet(flow, mode, rng=None):
     r"""Switch every residual block of ``flow`` to log-det ``mode`` ("exact", "series",
-    "roulette"), e.g. to evaluate a Residual Flow trained with the roulette estimator by its
-    exact log-det in 2-D; ``rng`` reseeds the estimators. Returns ``flow``."""
+    "roulette") in training and in evaluation mode, e.g. to train a Residual Flow on 2-D
+    data with the exact log-det; ``rng`` reseeds the training estimators. Returns ``flow``.
+    (Not recorded in ``flow.config``: a saved and loaded flow is back to its own modes.)"""
     from .bijectors.residual import LOGDET_MODES, ResidualBlock
     if mode not in LOGDET_MODES:
         raise ValueError(f"set_logdet: expected mode in {LOGDET_MODES}, got {mode!r}")
@@ -206,7 +220,7 @@ def set_logdet(flow, mode, rng=None):
     while stack:
         module = stack.pop()
         if isinstance(module, ResidualBlock):
-            module.logdet_mode = mode
+            module.logdet_mode = module.eval_logdet = mode
             if rng is not None:
                 module.rng = rng
         stack.extend(child for _, child in module.children())

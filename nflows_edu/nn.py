@@ -366,6 +366,12 @@ class MADE(Sequential):
 # and an MLP that propagates Jacobian-vector products forward and back.
 # ---------------------------------------------------------------------------------------------
 
+def top_singular_pair(W):
+    """(u, v): unit vectors with u^T W v = ||W||_2, the largest singular value of W (I, O)."""
+    U, _, Vt = np.linalg.svd(W, full_matrices=False)
+    return U[:, 0].copy(), Vt[0].copy()
+
+
 def _check_lipschitz_bound(c, where):
     if not (isinstance(c, (int, float, np.floating)) and 0 < c < 1):
         raise ValueError(f"{where}: expected a Lipschitz bound c with 0 < c < 1 (the residual "
@@ -383,13 +389,21 @@ class SpectralLinear(Module):
               dW = (dW_hat - <dW_hat, W_hat> u v^T / c) / s    if s > 1  (s = sigma / c)
               (u, v held constant, as in Miyato et al. and the residual-flow papers)
 
-    ``u`` and ``v`` are buffers (saved with the model, not trained): the power iteration
-    ``v <- W^T u / ||W^T u||;  u <- W v / ||W v||`` drives ``u^T W v`` up to the largest
-    singular value of ``W``. ``forward`` never changes them, so a layer is a deterministic
-    function of its parameters and buffers (finite-difference checks need that);
-    ``update(n)`` runs ``n`` power-iteration steps, and a ``ResidualBlock`` calls it after each
-    backward pass when it trains (``power_iterations``). ``u^T W v <= ||W||_2`` for unit u, v,
-    so a poorly converged estimate under-normalises: the constructor runs 100 steps.
+    Where u and v come from depends on the mode (``train()`` / ``eval()``):
+
+    * **training**: ``u`` and ``v`` are buffers (saved with the model, not trained), the
+      papers' power iteration ``v <- W^T u / ||W^T u||;  u <- W v / ||W v||``, which drives
+      ``u^T W v`` up to the largest singular value of ``W``. ``forward`` never changes them,
+      so the layer is a deterministic function of its parameters and buffers (the
+      finite-difference checks need that); ``update(n)`` runs ``n`` steps, and a
+      ``ResidualBlock`` calls it after each backward pass (``power_iterations``). The
+      estimate lags the weights it follows: ``u^T W v <= ||W||_2`` for unit u, v, so right
+      after the weights move (a large step, a perturbation) ``||W_hat||_2`` can exceed c.
+    * **evaluation**: ``u`` and ``v`` are the exact top singular vectors of the weights as
+      they are now (``top_singular_pair``, an SVD: the matrices here are at most a few
+      hundred wide), so sigma = ||W||_2 and ``||W_hat||_2 <= c`` holds for *any*
+      parameters, which is what sampling and density evaluation of a residual flow need.
+      The backward formula above is then the exact gradient (d sigma / dW = u v^T).
 
     References: Miyato, Kataoka, Koyama, Yoshida (2018), arXiv:1802.05957;
     Behrmann et al. (2019), arXiv:1811.00995, section 3.2.
@@ -418,12 +432,26 @@ class SpectralLinear(Module):
             u[...] = Wv / max(np.linalg.norm(Wv), 1e-30)
         return float(u @ W @ v)
 
+    def converge(self):
+        """Set ``u``, ``v`` to the exact top singular vectors of ``W``, so the power iteration
+        starts from where it would converge; returns sigma = ||W||_2. ``train.fit`` calls it
+        before the first step: weights moved without the iteration (a perturbation, edited or
+        loaded arrays) would otherwise start training with a bound that does not hold."""
+        u, v = top_singular_pair(self.params["W"])
+        self.buffers["u"][...], self.buffers["v"][...] = u, v
+        return float(u @ self.params["W"] @ v)
+
     def weight(self):
-        """(W_hat, s, u, v): the normalised weight, its divisor s >= 1, copies of u and v."""
-        W, u, v = self.params["W"], self.buffers["u"], self.buffers["v"]
+        """(W_hat, s, u, v): the normalised weight, its divisor s >= 1, and the u, v it used
+        (copies of the buffers in training mode, the exact singular vectors in evaluation)."""
+        W = self.params["W"]
+        if self.training:
+            u, v = self.buffers["u"].copy(), self.buffers["v"].copy()
+        else:
+            u, v = top_singular_pair(W)
         sigma = u @ W @ v
         s = max(1.0, float(sigma) / self.c)
-        return W / s, s, u.copy(), v.copy()
+        return W / s, s, u, v
 
     def weight_backward(self, dW_hat, W_hat, s, u, v):
         """Add dW (from dW_hat, the gradient with respect to W_hat) into ``grads['W']``."""
@@ -575,23 +603,29 @@ class LipschitzMLP(Module):
         """``n`` power-iteration steps in every layer; returns the layers' sigma estimates."""
         return [layer.update(n) for layer in self.linears]
 
-    def value(self, x):
+    def weights(self):
+        """Every layer's ``(W_hat, s, u, v)`` (``SpectralLinear.weight``). A solver that
+        evaluates g many times at the same parameters computes them once and passes them to
+        ``value`` (in evaluation mode each is an SVD)."""
+        return [layer.weight() for layer in self.linears]
+
+    def value(self, x, weights=None):
         """g(x) alone (no cache, no derivatives): what a fixed-point iteration evaluates."""
+        weights = self.weights() if weights is None else weights
         h = x
-        for k, layer in enumerate(self.linears):
-            W_hat = layer.weight()[0]
+        for k, (layer, (W_hat, _, _, _)) in enumerate(zip(self.linears, weights)):
             h = h @ W_hat + layer.params["b"]
             if k < len(self.acts):
                 h = self.acts[k].forward(h)[0]
         return h
 
     # ------------------------------------------------------------------ forward mode
-    def jvp_forward(self, x, V=None):
+    def jvp_forward(self, x, V=None, weights=None):
         r"""g(x) (N, D_out), G (N, m, D_out) (None if V is None), and the cache."""
+        weights = self.weights() if weights is None else weights
         h, T = x, V
         caches = []
-        for k, layer in enumerate(self.linears):
-            W_hat, s, u, v = layer.weight()
+        for k, (layer, (W_hat, s, u, v)) in enumerate(zip(self.linears, weights)):
             a = h @ W_hat + layer.params["b"]
             # (N, m, I) -> (N m, I): one BLAS product instead of N small ones
             M = None if T is None else (T.reshape(-1, T.shape[2]) @ W_hat).reshape(

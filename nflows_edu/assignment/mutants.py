@@ -305,7 +305,7 @@ MUTANTS = (
     # ---------------------------------------------------------------- ResidualBlock
     _m("ResidualBlock.inverse", "stopped too early",
        "tolerance 1e-3 instead of self.tol: the round trip is off by about c/(1-c) 1e-3",
-       [("solve(self._g_value, z, self.tol,", "solve(self._g_value, z, 1e-3,")], "round trip"),
+       [("z, self.tol, self.max_iter,", "z, 1e-3, self.max_iter,")], "round trip"),
     _m("ResidualBlock.inverse", "log-det of the wrong direction",
        "the inverse returns +log det(I + J_g), the forward's",
        [("return x, -logdet,", "return x, logdet,")], "log-det"),

@@ -21,6 +21,7 @@ from ..gradcheck import register
 from ..nn import LipschitzMLP, _check_lipschitz_bound
 
 LOGDET_MODES = ("exact", "series", "roulette")
+EXACT_MAX_DIM = 16  # evaluation uses the exact log-det up to this D (slogdet of D x D)
 SOLVERS = ("fixed_point", "anderson")
 
 
@@ -100,6 +101,12 @@ def anderson(g_value, y, tol, max_iter, where, memory=5, reg=1e-10):
         f"max_iter, loosen tol, or lower c.")
 
 
+def default_eval_logdet(dim, logdet):
+    """The log-det a residual block evaluates with when not told: exact up to EXACT_MAX_DIM
+    features, the training estimator beyond."""
+    return "exact" if int(dim) <= EXACT_MAX_DIM else logdet
+
+
 def _roulette_terms(rng, n_exact, p):
     r"""N = n_exact + K, K ~ Geometric(p) on {0, 1, ...}; returns (N, P(N >= k) for k = 0..N).
 
@@ -143,7 +150,12 @@ class ResidualBlock(Bijector):
     hidden : sequence of int, hidden widths of g
     c : float in (0, 1), the Lipschitz bound of g
     activation : "lipswish" or "sine"
-    logdet : "exact", "series" or "roulette"
+    logdet : "exact", "series" or "roulette", the log-det in training mode
+    eval_logdet : the log-det in evaluation mode (``eval()``); None means "exact" for
+        ``dim <= EXACT_MAX_DIM`` (16) and ``logdet`` beyond. A stochastic estimator in
+        evaluation mode draws from a generator seeded afresh from the buffer ``eval_seed`` at
+        every call, so the same batch gives the same numbers (an estimate all the same, whose
+        draws depend on a point's row in the batch)
     n_terms : int, the terms of the truncated series (``"series"``)
     n_exact, p : the roulette's always-computed terms and geometric parameter (``"roulette"``)
     solver : "fixed_point" or "anderson" (the inverse)
@@ -151,6 +163,12 @@ class ResidualBlock(Bijector):
     power_iterations : int, spectral-norm power-iteration steps run after each backward pass
         (training); 0 keeps u, v fixed (deterministic checks)
     rng : Generator for the initialisation and for the stochastic estimators' draws
+
+    Evaluation mode (``eval()``) is what sampling and density evaluation use: every
+    ``SpectralLinear`` of g takes the exact largest singular value of its weights, so
+    Lip(g) <= c holds for any parameters (training mode uses the power iteration's estimate),
+    and the log-det is ``eval_logdet``: exact for small D, so ``log_prob`` is the density,
+    not an estimate of it, and the same input gives the same numbers.
 
     Shapes: x, z (N, D); logdet (N,).
     References: Behrmann, Grathwohl, Chen, Duvenaud, Jacobsen (2019), "Invertible Residual
@@ -160,11 +178,14 @@ class ResidualBlock(Bijector):
 
     def __init__(self, dim, hidden=(64,), c=0.9, activation="lipswish", logdet="exact",
                  n_terms=5, n_exact=2, p=0.5, solver="fixed_point", tol=None, max_iter=2000,
-                 power_iterations=1, rng=None, dtype=np.float64):
+                 power_iterations=1, eval_logdet=None, rng=None, dtype=np.float64):
         super().__init__()
         c = _check_lipschitz_bound(c, "ResidualBlock")
-        if logdet not in LOGDET_MODES:
-            raise ValueError(f"ResidualBlock: expected logdet in {LOGDET_MODES}, got {logdet!r}")
+        eval_logdet = default_eval_logdet(dim, logdet) if eval_logdet is None else eval_logdet
+        for name, mode in (("logdet", logdet), ("eval_logdet", eval_logdet)):
+            if mode not in LOGDET_MODES:
+                raise ValueError(f"ResidualBlock: expected {name} in {LOGDET_MODES}, got "
+                                 f"{mode!r}")
         if solver not in SOLVERS:
             raise ValueError(f"ResidualBlock: expected solver in {SOLVERS}, got {solver!r}")
         if not (0 < p < 1) or int(n_terms) < 1 or int(n_exact) < 1 or int(max_iter) < 1:
@@ -174,30 +195,37 @@ class ResidualBlock(Bijector):
         self.rng = np.random.default_rng() if rng is None else rng
         self.dim, self.c = int(dim), c
         self.g = LipschitzMLP((self.dim, *hidden, self.dim), c, activation, self.rng, dtype)
-        self.logdet_mode, self.solver = logdet, solver
+        self.logdet_mode, self.eval_logdet, self.solver = logdet, eval_logdet, solver
+        self.buffers["eval_seed"] = self.rng.integers(2**62, size=1)
         self.n_terms, self.n_exact, self.p = int(n_terms), int(n_exact), float(p)
         self.tol = (1e-13 if np.dtype(dtype) == np.float64 else 1e-5) if tol is None else tol
         self.max_iter, self.power_iterations = int(max_iter), int(power_iterations)
 
     # ------------------------------------------------------------------ pieces
-    def _g_value(self, x):
-        return self.g.value(x)
+    def _estimator(self):
+        """This call's log-det mode and generator: ``logdet`` and the block's own generator in
+        training mode; ``eval_logdet`` and a generator seeded from ``eval_seed`` in
+        evaluation mode (the same draws at every call)."""
+        if self.training:
+            return self.logdet_mode, self.rng
+        return self.eval_logdet, np.random.default_rng(int(self.buffers["eval_seed"][0]))
 
-    def _logdet_at(self, x):
+    def _logdet_at(self, x, weights=None):
         r"""g(x), log det(I + J_g(x)) (exact or estimated), and what the VJPs need."""
         n, d = x.shape
-        if self.logdet_mode == "exact":
+        mode, rng = self._estimator()
+        if mode == "exact":
             eye = np.broadcast_to(np.eye(d, dtype=x.dtype), (n, d, d))
-            gx, G, gcache = self.g.jvp_forward(x, eye)
+            gx, G, gcache = self.g.jvp_forward(x, eye, weights)
             A = G + np.eye(d, dtype=x.dtype)
-            sign, logdet = np.linalg.slogdet(A)
+            _, logdet = np.linalg.slogdet(A)
             return gx, logdet, dict(gcache=gcache, A=A)
-        v = self.rng.standard_normal((n, d)).astype(x.dtype)
-        gx, _, gcache = self.g.jvp_forward(x, v[:, None, :])
-        if self.logdet_mode == "series":
+        v = rng.standard_normal((n, d)).astype(x.dtype)
+        gx, _, gcache = self.g.jvp_forward(x, v[:, None, :], weights)
+        if mode == "series":
             n_terms, prob = self.n_terms, np.ones(self.n_terms + 1)
         else:
-            n_terms, prob = _roulette_terms(self.rng, self.n_exact, self.p)
+            n_terms, prob = _roulette_terms(rng, self.n_exact, self.p)
         u, logdet = v, np.zeros(n, dtype=x.dtype)
         w = v / prob[0]
         for k in range(1, n_terms + 1):
@@ -236,9 +264,13 @@ class ResidualBlock(Bijector):
     def inverse(self, z):
         z = self._check(z)
         solve = fixed_point if self.solver == "fixed_point" else anderson
-        x, steps = solve(self._g_value, z, self.tol, self.max_iter,
-                         f"{type(self).__name__}.inverse")
-        _, logdet, lcache = self._logdet_at(x)
+        weights = self.g.weights()  # once: every iteration evaluates g at the same parameters
+        where = f"{type(self).__name__}.inverse"
+        if self.training:  # say where a failure may come from
+            where += (" (in training mode, whose Lipschitz bound is the power iteration's "
+                      "estimate: after the weights move, flow.eval() uses the exact one)")
+        x, steps = solve(lambda x: self.g.value(x, weights), z, self.tol, self.max_iter, where)
+        _, logdet, lcache = self._logdet_at(x, weights)
         return x, -logdet, dict(lcache, iterations=len(steps), steps=steps)
 
     def backward(self, dz, dlogdet, cache):
@@ -289,9 +321,10 @@ register("ResidualBlock",
          lambda d, r: ResidualBlock(d, (8,), c=0.7, power_iterations=0, rng=r),
          randomize=_randomize_lipschitz(0.8))
 # sine activation, Anderson solver, and weights with sigma = 1.5 c: W_hat = W / s, s > 1
+# ... in evaluation mode, where sigma is the exact largest singular value (an SVD)
 register("ResidualBlock(sigma>c)",
          lambda d, r: ResidualBlock(d, (8, 8), c=0.8, activation="sine", solver="anderson",
-                                    power_iterations=0, rng=r),
+                                    power_iterations=0, rng=r).eval(),
          randomize=_randomize_lipschitz(1.5))
 
 
