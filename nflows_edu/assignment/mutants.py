@@ -345,8 +345,8 @@ SURVIVORS = (
     ("SpectralLinear: backprop through the power iteration",
      "Differentiating u and v as functions of W (one power-iteration step inside forward) "
      "changes the gradient only while the iteration has not converged: at the fixed point "
-     "d sigma / dW = u v^T either way. The registry converges u, v (200 steps) and forward "
-     "never moves them, so the checker sees the same map and gradient; the mutants above "
+     "d sigma / dW = u v^T either way. The registry sets u, v to the exact singular vectors "
+     "and forward never moves them, so the checker sees the same map and gradient; the mutants above "
      "that drop the normalisation's gradient are the ones that matter, and are caught."),
 )
 

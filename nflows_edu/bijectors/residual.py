@@ -295,14 +295,14 @@ class ResidualBlock(Bijector):
 def _randomize_lipschitz(sigma_over_c):
     r"""A ``randomize`` that perturbs the parameters, then rescales every weight to the given
     sigma / c (< 1: the spectral normalisation is inactive; > 1: its path is exercised) and
-    converges the power iteration for the new weights."""
+    sets the power iteration's u, v to the new weights' exact singular vectors."""
     def randomize(layer, rng, scale):
         for _, p, _ in layer.parameters():
             p += scale * rng.standard_normal(p.shape)
         for mlp in _lipschitz_mlps(layer):
             for lin in mlp.linears:
                 lin.params["W"] *= sigma_over_c * lin.c / np.linalg.norm(lin.params["W"], 2)
-                lin.update(200)
+                lin.converge()
         return layer
     return randomize
 
