@@ -308,13 +308,7 @@ def _randomize_lipschitz(sigma_over_c):
 
 
 def _lipschitz_mlps(layer):
-    return [m for m in _walk(layer) if isinstance(m, LipschitzMLP)]
-
-
-def _walk(module):
-    yield module
-    for _, child in module.children():
-        yield from _walk(child)
+    return [m for m in layer.modules() if isinstance(m, LipschitzMLP)]
 
 
 register("ResidualBlock",
