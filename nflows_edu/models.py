@@ -144,8 +144,8 @@ def iresnet(dim, n_blocks=8, hidden=(64, 64), c=0.9, logdet="exact", activation=
     rng = np.random.default_rng() if rng is None else rng
     eval_logdet = default_eval_logdet(dim, logdet) if eval_logdet is None else eval_logdet
     layers = [ResidualBlock(dim, hidden, c, activation, logdet, n_terms=n_terms,
-                            eval_logdet=eval_logdet, rng=rng, dtype=dtype)
-              for _ in range(n_blocks)]
+                            eval_logdet=eval_logdet, eval_seed=k, rng=rng, dtype=dtype)
+              for k in range(n_blocks)]
     config = dict(model="iresnet", dim=dim, n_blocks=n_blocks, hidden=list(hidden), c=c,
                   logdet=logdet, eval_logdet=eval_logdet, activation=activation,
                   n_terms=n_terms, dtype=np.dtype(dtype).name)
@@ -170,8 +170,8 @@ def resflow(dim, n_blocks=8, hidden=(64, 64), c=0.9, logdet="roulette", activati
     rng = np.random.default_rng() if rng is None else rng
     eval_logdet = default_eval_logdet(dim, logdet) if eval_logdet is None else eval_logdet
     layers = [ResidualBlock(dim, hidden, c, activation, logdet, n_exact=n_exact, p=p,
-                            eval_logdet=eval_logdet, rng=rng, dtype=dtype)
-              for _ in range(n_blocks)]
+                            eval_logdet=eval_logdet, eval_seed=k, rng=rng, dtype=dtype)
+              for k in range(n_blocks)]
     config = dict(model="resflow", dim=dim, n_blocks=n_blocks, hidden=list(hidden), c=c,
                   logdet=logdet, eval_logdet=eval_logdet, activation=activation,
                   n_exact=n_exact, p=p, dtype=np.dtype(dtype).name)
@@ -200,8 +200,8 @@ def impflow(dim, n_blocks=4, hidden=(64, 64), c=0.99, logdet="exact", activation
     solver_tol = (1e-9 if np.dtype(dtype) == np.float64 else 1e-5) if tol is None else tol
     eval_logdet = default_eval_logdet(dim, logdet) if eval_logdet is None else eval_logdet
     layers = [ImplicitBlock(dim, hidden, c, activation, logdet, rng=rng, dtype=dtype,
-                            tol=solver_tol, eval_logdet=eval_logdet)
-              for _ in range(n_blocks)]
+                            tol=solver_tol, eval_logdet=eval_logdet, eval_seed=2 * k)
+              for k in range(n_blocks)]
     config = dict(model="impflow", dim=dim, n_blocks=n_blocks, hidden=list(hidden), c=c,
                   logdet=logdet, eval_logdet=eval_logdet, activation=activation, tol=tol,
                   dtype=np.dtype(dtype).name)

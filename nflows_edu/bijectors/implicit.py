@@ -38,20 +38,21 @@ class ImplicitBlock(Bijector):
     need ~3000 steps (0.99^k < 1e-13), Anderson needs tens.
 
     Shapes: x, z (N, D); logdet (N,). Parameters are ``fx.g.*`` and ``fz.g.*``; the keyword
-    arguments go to both ``ResidualBlock``s.
+    arguments go to both ``ResidualBlock``s (``eval_seed`` to ``fx``, ``eval_seed + 1`` to
+    ``fz``).
     References: Lu, Chen, Li, Wang, Zhu (2021), "Implicit Normalizing Flows", ICLR,
     arXiv:2103.09527.
     """
 
     def __init__(self, dim, hidden=(64,), c=0.99, activation="lipswish", logdet="exact",
-                 solver="anderson", rng=None, dtype=np.float64, **kwargs):
+                 solver="anderson", eval_seed=0, rng=None, dtype=np.float64, **kwargs):
         super().__init__()
         rng = np.random.default_rng() if rng is None else rng
         self.dim, self.c = int(dim), c
         self.fx = ResidualBlock(dim, hidden, c, activation, logdet, solver=solver, rng=rng,
-                                dtype=dtype, **kwargs)
+                                dtype=dtype, eval_seed=eval_seed, **kwargs)
         self.fz = ResidualBlock(dim, hidden, c, activation, logdet, solver=solver, rng=rng,
-                                dtype=dtype, **kwargs)
+                                dtype=dtype, eval_seed=eval_seed + 1, **kwargs)
 
     def forward(self, x):
         x = self._check(x)

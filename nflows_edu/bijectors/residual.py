@@ -153,9 +153,12 @@ class ResidualBlock(Bijector):
     logdet : "exact", "series" or "roulette", the log-det in training mode
     eval_logdet : the log-det in evaluation mode (``eval()``); None means "exact" for
         ``dim <= EXACT_MAX_DIM`` (16) and ``logdet`` beyond. A stochastic estimator in
-        evaluation mode draws from a generator seeded afresh from the buffer ``eval_seed`` at
-        every call, so the same batch gives the same numbers (an estimate all the same, whose
-        draws depend on a point's row in the batch)
+        evaluation mode draws from a generator seeded afresh from ``eval_seed`` at every call,
+        so the same batch gives the same numbers (an estimate all the same, whose draws depend
+        on a point's row in the batch)
+    eval_seed : int, that seed (a buffer, saved with the model; the model builders give each
+        block its own). Not drawn from ``rng``, so it leaves the initialisation's stream as
+        it was
     n_terms : int, the terms of the truncated series (``"series"``)
     n_exact, p : the roulette's always-computed terms and geometric parameter (``"roulette"``)
     solver : "fixed_point" or "anderson" (the inverse)
@@ -178,7 +181,8 @@ class ResidualBlock(Bijector):
 
     def __init__(self, dim, hidden=(64,), c=0.9, activation="lipswish", logdet="exact",
                  n_terms=5, n_exact=2, p=0.5, solver="fixed_point", tol=None, max_iter=2000,
-                 power_iterations=1, eval_logdet=None, rng=None, dtype=np.float64):
+                 power_iterations=1, eval_logdet=None, eval_seed=0, rng=None,
+                 dtype=np.float64):
         super().__init__()
         c = _check_lipschitz_bound(c, "ResidualBlock")
         eval_logdet = default_eval_logdet(dim, logdet) if eval_logdet is None else eval_logdet
@@ -196,7 +200,7 @@ class ResidualBlock(Bijector):
         self.dim, self.c = int(dim), c
         self.g = LipschitzMLP((self.dim, *hidden, self.dim), c, activation, self.rng, dtype)
         self.logdet_mode, self.eval_logdet, self.solver = logdet, eval_logdet, solver
-        self.buffers["eval_seed"] = self.rng.integers(2**62, size=1)
+        self.buffers["eval_seed"] = np.array([eval_seed], dtype=np.int64)
         self.n_terms, self.n_exact, self.p = int(n_terms), int(n_exact), float(p)
         self.tol = (1e-13 if np.dtype(dtype) == np.float64 else 1e-5) if tol is None else tol
         self.max_iter, self.power_iterations = int(max_iter), int(power_iterations)
