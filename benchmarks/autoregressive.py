@@ -1,4 +1,4 @@
-r"""Sequential versus parallel directions of MAF and IAF, measured in one run.
+r"""Sequential versus parallel directions of MAF and IAF, as a user waits for them.
 
 For ``maf(D, n_layers=5, hidden=(256, 256))`` and N = 1024 examples, in float32 and float64:
 
@@ -7,24 +7,28 @@ For ``maf(D, n_layers=5, hidden=(256, 256))`` and N = 1024 examples, in float32 
 
 at D = 16 and D = 64. Target: <= 2 at D = 64 (two PyTorch libraries needed 53x and 71x on a
 2-core CPU: their sampling redoes the network D times). The sequential direction runs the
-Numba kernel ``nflows_edu.kernels.maf_inverse``; ``--reference`` also times the plain NumPy
-loop (D full MADE passes) for comparison.
+Numba kernel ``nflows_edu.kernels.maf_inverse``, whose tiles of examples run on as many
+threads as BLAS uses for the parallel direction's products; ``--reference`` also times the
+plain NumPy loop (D full MADE passes) for comparison.
 
-Everything runs on one thread (BLAS limited by threadpoolctl; the kernel is serial), so the
-times are CPU times of this process (``time.process_time``): on a quiet machine the same as
-the wall time, and on a shared one they do not count the time the other processes take.
-The two directions are timed alternately, best of ``--repeats``. The first call of each
-dtype, which compiles the kernel or loads it from the cache, is timed separately (wall time).
+Each (model, dtype, D) is measured in a **fresh process** that only imports the library,
+builds the flow and calls ``flow.log_prob`` and ``flow.sample``, with the library's default
+threads (pass ``--threads 1`` to limit BLAS, and so the kernel, to one thread). Its first call
+of each direction is timed on its own (it compiles the kernel or loads it from the cache);
+then the two directions are called alternately (f, g, f, g, ...: a change in the machine's
+load slows both alike) ``--repeats`` times. Printed: the median **wall-clock** time of a call
+(what the user waits) and, beside it, the median CPU time of the process (all its threads:
+with two threads busy it is about twice the wall time). Ratios are of the same run's medians.
 
-Both directions run after ``fast.keep_freed_memory()`` (what ``train.fit`` runs with), so
-glibc keeps freed memory in the process. Without it the page faults of a call depend on
-which arrays earlier calls freed: measured, MAF's float32 ``log_prob`` paid 5,700 page faults
-per call (15 ms of system time) while IAF's ``sample``, the same five MADE passes, paid none,
-so the same kernel over the same passes printed 1.3 for MAF and 2.1 for IAF.
+On a shared machine the wall times, and with them the ratios, move with the other processes'
+load: run it twice, or with ``--threads 1`` beside other work.
 
-Run:  python benchmarks/autoregressive.py [--repeats 7] [--reference]
+Run:  python benchmarks/autoregressive.py [--repeats 9] [--threads N] [--reference]
 """
 import argparse
+import json
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,29 +40,15 @@ try:
 except ImportError:    # run from a checkout: use the package next to this script
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from threadpoolctl import threadpool_limits  # noqa: E402
-
-from nflows_edu import fast, kernels, models  # noqa: E402
-
 N = 1024
 N_LAYERS = 5
 HIDDEN = (256, 256)
-
-
-def best_times(fns, repeats):
-    """The fastest of ``repeats`` calls of each function, in seconds (the least disturbed by
-    other work). The calls alternate (f, g, f, g, ...), so a change in the machine's load
-    during the run slows both alike instead of biasing their ratio."""
-    times = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, t in zip(fns, times):
-            t0 = time.process_time()
-            fn()
-            t.append(time.process_time() - t0)
-    return [min(t) for t in times]
+CASES = [(name, dtype, dim) for name in ("maf", "iaf") for dtype in ("float32", "float64")
+         for dim in (16, 64)]
 
 
 def build(name, dim, dtype, seed=0):
+    from nflows_edu import models
     rng = np.random.default_rng(seed)
     flow = models.MODELS[name](dim, n_layers=N_LAYERS, hidden=HIDDEN, rng=rng, dtype=dtype)
     for _, p, _ in flow.parameters():  # away from the identity start: realistic values
@@ -66,48 +56,96 @@ def build(name, dim, dtype, seed=0):
     return flow
 
 
+def timed(fn):
+    """(wall seconds, CPU seconds of the process) of one call of ``fn``."""
+    w0, c0 = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - w0, time.process_time() - c0
+
+
+def worker(name, dtype, dim, repeats, threads, reference):
+    """One fresh process: time the public API calls; print one JSON line."""
+    import contextlib
+
+    from threadpoolctl import threadpool_limits
+
+    from nflows_edu import threads as nf_threads
+    limit = threadpool_limits(threads, user_api="blas") if threads else contextlib.nullcontext()
+    with limit:
+        rng = np.random.default_rng(0)
+        flow = build(name, dim, np.dtype(dtype))
+        # the first call of each direction in the process (it compiles the kernel, or loads it
+        # from the cache); the points to evaluate are the flow's own samples
+        w0 = time.perf_counter()
+        x = flow.sample(N, rng)
+        first_sample = time.perf_counter() - w0
+        first_density = timed(lambda: flow.log_prob(x))[0]
+        if name == "maf":  # parallel: density; sequential: sampling
+            parallel = lambda: flow.log_prob(x)  # noqa: E731
+            sequential = lambda: flow.sample(N, rng)  # noqa: E731
+            first_par, first_seq = first_density, first_sample
+        else:
+            parallel = lambda: flow.sample(N, rng)  # noqa: E731
+            sequential = lambda: flow.log_prob(x)  # noqa: E731
+            first_par, first_seq = first_sample, first_density
+        rows = {"parallel": [], "sequential": []}
+        for _ in range(repeats):
+            rows["parallel"].append(timed(parallel))
+            rows["sequential"].append(timed(sequential))
+        out = {k: np.median(np.array(v), axis=0).tolist() for k, v in rows.items()}
+        out.update(first_parallel=first_par, first_sequential=first_seq,
+                   blas_threads=nf_threads.blas_thread_count())
+        if reference and name == "maf":
+            for layer in flow.bijector.layers:
+                layer.use_kernel = False
+            out["reference"] = timed(sequential)
+    print(json.dumps(out))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="limit BLAS (and so the kernel) to this many threads")
     parser.add_argument("--reference", action="store_true",
                         help="also time MAF sampling with the NumPy reference loop (slow)")
+    parser.add_argument("--worker", nargs=3, metavar=("MODEL", "DTYPE", "D"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    fast.keep_freed_memory()
-    print(f"maf/iaf(D, n_layers={N_LAYERS}, hidden={HIDDEN}), N = {N}; one thread; CPU time, "
-          f"best of {args.repeats}; fast.keep_freed_memory()")
+    if args.worker:
+        name, dtype, dim = args.worker
+        worker(name, dtype, int(dim), args.repeats, args.threads, args.reference)
+        return
 
-    rng = np.random.default_rng(0)
-    with threadpool_limits(1):
-        for dtype in (np.float32, np.float64):
-            flow = build("maf", 4, dtype)
-            t0 = time.perf_counter()
-            flow.sample(2, rng)
-            print(f"first call ({np.dtype(dtype).name}): {time.perf_counter() - t0:.2f} s "
-                  "(compile, or load from the cache)")
-        print(f"{'model':5s} {'dtype':8s} {'D':>3s} {'parallel ms':>12s} "
-              f"{'sequential ms':>14s} {'ratio':>6s}"
-              + (f" {'NumPy loop ms':>14s} {'ratio':>6s}" if args.reference else ""))
-        for name in ("maf", "iaf"):
-            for dtype in (np.float32, np.float64):
-                for dim in (16, 64):
-                    flow = build(name, dim, dtype)
-                    x = flow.sample(N, rng)  # points to evaluate
-                    if name == "maf":  # parallel: density; sequential: sampling
-                        parallel = lambda: flow.log_prob(x)  # noqa: E731
-                        sequential = lambda: flow.sample(N, rng)  # noqa: E731
-                    else:
-                        parallel = lambda: flow.sample(N, rng)  # noqa: E731
-                        sequential = lambda: flow.log_prob(x)  # noqa: E731
-                    t_par, t_seq = best_times((parallel, sequential), args.repeats)
-                    line = (f"{name:5s} {np.dtype(dtype).name:8s} {dim:3d} {1e3 * t_par:12.2f} "
-                            f"{1e3 * t_seq:14.2f} {t_seq / t_par:6.2f}")
-                    if args.reference and name == "maf":
-                        for layer in flow.bijector.layers:
-                            layer.use_kernel = False
-                        t_ref, = best_times((sequential,), 1)
-                        line += f" {1e3 * t_ref:14.1f} {t_ref / t_par:6.1f}"
-                    print(line, flush=True)
-    print("ratio = sequential / parallel direction, in the same run (target <= 2 at D = 64)")
+    from nflows_edu import kernels
+    from nflows_edu.threads import blas_info
+    print(blas_info())
+    print(f"maf/iaf(D, n_layers={N_LAYERS}, hidden={HIDDEN}), N = {N}; each row a fresh process; "
+          f"median of {args.repeats} calls; threads: "
+          + (f"{args.threads} (BLAS and kernel)" if args.threads else "the library's default"))
+    head = (f"{'model':5s} {'dtype':8s} {'D':>3s} | {'wall ms: parallel':>17s} {'sequential':>10s} "
+            f"{'ratio':>5s} | {'CPU ms: parallel':>16s} {'sequential':>10s} {'ratio':>5s} | "
+            f"{'first calls s':>13s} {'threads':>7s}")
+    if args.reference:
+        head += f" | {'NumPy loop ms':>13s} {'ratio':>5s}"
+    print(head)
+    for name, dtype, dim in CASES:
+        cmd = [sys.executable, __file__, "--worker", name, dtype, str(dim),
+               "--repeats", str(args.repeats)]
+        cmd += ["--threads", str(args.threads)] if args.threads else []
+        cmd += ["--reference"] if args.reference else []
+        done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+        if done.returncode:
+            sys.exit(f"{name} {dtype} D={dim} failed:\n{done.stderr}")
+        r = json.loads(done.stdout.strip().splitlines()[-1])
+        (wp, cp), (ws, cs) = r["parallel"], r["sequential"]
+        line = (f"{name:5s} {dtype:8s} {dim:3d} | {1e3 * wp:17.2f} {1e3 * ws:10.2f} {ws / wp:5.2f} | "
+                f"{1e3 * cp:16.2f} {1e3 * cs:10.2f} {cs / cp:5.2f} | "
+                f"{r['first_parallel']:6.2f} {r['first_sequential']:6.2f} {r['blas_threads']:7d}")
+        if args.reference and "reference" in r:
+            line += f" | {1e3 * r['reference'][0]:13.1f} {r['reference'][0] / wp:5.1f}"
+        print(line, flush=True)
+    print("ratio = sequential / parallel direction, medians of the same process "
+          "(target <= 2 at D = 64, wall clock)")
     print(f"kernel tile: {kernels.TILE} examples")
 
 

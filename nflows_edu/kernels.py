@@ -18,9 +18,11 @@ one). ``maf_inverse`` computes the same numbers in about the cost of ONE pass:
   degree d feeds only the units of degree >= d of the next hidden layer (> d for the
   outputs), a contiguous range of columns, and the zero blocks are never touched;
 * the batch is processed in tiles of ``TILE`` examples, so each weight row loaded from memory
-  is used for ``TILE`` examples before the next one. (Tiles could run in parallel with
-  ``prange``; measured on a 2-core machine it did not pay: 2 threads took 1.5-4x longer
-  than one, see benchmarks/autoregressive.py, so the loop over tiles is serial.)
+  is used for ``TILE`` examples before the next one. The tiles are independent, so they run
+  in parallel (``prange``) on as many threads as the BLAS library uses for the parallel
+  direction's matrix products (``threads.blas_thread_count()``: one inside a
+  ``blas_threads(1)`` block, the library's default otherwise), so the two directions get the
+  same cores and their ratio does not depend on how many the machine has;
 * the loops stay long and whole for the vector units, which matters most in float32 (twice
   as many numbers per register, so a loop over a given row has half as many iterations): the
   outputs are packed as (mu, alpha) pairs so the outputs still to be fed are one block (one
@@ -37,10 +39,12 @@ So every (unmasked) weight is used once per example, as in one forward pass of t
 Compiled with ``cache=True``: the first call in a fresh environment compiles (seconds; see
 the README); later processes load the compiled code from ``__pycache__``.
 """
+import numba
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from .nn import LeakyReLU, MaskedLinear, ReLU, Tanh
+from .threads import blas_thread_count
 
 TILE = 32  # examples per tile (a multiple of the SIMD width; see benchmarks/autoregressive.py)
 _ACT_CODES = {Tanh: 0, ReLU: 1, LeakyReLU: 2}
@@ -115,13 +119,18 @@ def _pack(made, dtype):
     return sizes, lo, np.concatenate(weights), w_off, np.concatenate(biases), b_off
 
 
-def maf_inverse(made, z, s_max, tile=TILE, align=None):
+def maf_inverse(made, z, s_max, tile=TILE, align=None, threads=None):
     r"""MAF's inverse in about the cost of one MADE pass (Numba): the same numbers as
     ``maf_inverse_reference`` up to round-off. Supports float32 and float64 (``z``'s dtype),
     and computes in that dtype.
 
     ``align``: the updates of a row of pre-activations start at a multiple of this many
     columns (default: 64 bytes, 16 float32 or 8 float64); any value gives the same numbers.
+
+    ``threads``: how many threads share the tiles (default: as many as BLAS uses now, see
+    ``threads.blas_thread_count``; at most one per tile and at most Numba's
+    ``NUMBA_NUM_THREADS``). Every example is computed by one thread, so any count gives the
+    same numbers.
 
     Returns ``(x (N, D), logdet (N,))``.
     """
@@ -134,8 +143,16 @@ def maf_inverse(made, z, s_max, tile=TILE, align=None):
     # the scalars in z's dtype: a Python float would make every float32 tanh and exp in the
     # kernel a float64 one
     scalar = z.dtype.type
-    return _maf_inverse_kernel(z, made.order.astype(np.int64), sizes, lo, w, w_off, b, b_off,
-                               act, scalar(leak), scalar(s_max), int(tile), align)
+    n_tiles = -(-z.shape[0] // int(tile))
+    threads = blas_thread_count() if threads is None else int(threads)
+    threads = max(1, min(threads, n_tiles, numba.config.NUMBA_NUM_THREADS))
+    before = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        return _maf_inverse_kernel(z, made.order.astype(np.int64), sizes, lo, w, w_off, b,
+                                   b_off, act, scalar(leak), scalar(s_max), int(tile), align)
+    finally:
+        numba.set_num_threads(before)
 
 
 @njit(cache=True)
@@ -197,7 +214,7 @@ def _feed(buf, src, src_width, j0, j1, dst, width, c0, c1, rows, w, w_base):
             j += 1
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def _maf_inverse_kernel(z, order, sizes, lo, w, w_off, b, b_off, act, leak, s_max, tile, align):
     n, dim = z.shape
     n_layers = sizes.shape[0]  # input, hidden layers, output
@@ -210,7 +227,7 @@ def _maf_inverse_kernel(z, order, sizes, lo, w, w_off, b, b_off, act, leak, s_ma
         u_off[layer] = u_off[layer - 1] + sizes[layer - 1]
     n_units = u_off[out_layer] + sizes[out_layer]
     n_tiles = (n + tile - 1) // tile
-    for it in range(n_tiles):
+    for it in prange(n_tiles):  # the tiles are independent: one thread each at a time
         t0 = it * tile
         rows = min(tile, n - t0)
         # buf holds, per layer, a (rows, width) block: the inputs in generation order, then

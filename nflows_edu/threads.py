@@ -11,7 +11,9 @@ problem) to change the setting for a ``with`` block only.
 """
 import contextlib
 
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController, threadpool_limits
+
+_CONTROLLER = None  # made on first use: it inspects the loaded libraries once (~0.2 ms)
 
 # Multiply-adds in the largest product of a training step below which one thread is used.
 # Measured on the 2-core development machine while other processes loaded it, two threads
@@ -55,6 +57,18 @@ def blas_threads(threads="auto", flow=None, batch_size=None):
         return
     with threadpool_limits(limits=n, user_api="blas"):
         yield n
+
+
+def blas_thread_count():
+    """How many threads the BLAS library uses now: its limit inside a ``blas_threads`` or
+    ``threadpool_limits`` block, its default (usually the CPU count) otherwise. The Numba
+    kernel (``kernels.maf_inverse``) uses as many, so the sequential and the parallel
+    direction of an autoregressive flow run on the same cores."""
+    global _CONTROLLER
+    if _CONTROLLER is None:
+        _CONTROLLER = ThreadpoolController()
+    counts = [lib.get_num_threads() for lib in _CONTROLLER.select(user_api="blas").lib_controllers]
+    return max(1, min(counts, default=1))
 
 
 def blas_info():

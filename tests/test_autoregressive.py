@@ -130,6 +130,28 @@ def test_kernel_tile_size_does_not_change_the_result(rng):
         assert np.abs(logdet - results[0][1]).max() <= 1e-12
 
 
+def test_kernel_thread_count_does_not_change_the_result(rng):
+    """The tiles run in parallel; each example is computed by one thread, in the same order,
+    so 1, 2 or 3 threads give the same bits, and the same numbers as the reference."""
+    made = gradcheck.randomize_parameters(MADE(6, (24, 24), rng.permutation(6), "tanh", rng=rng), rng, 0.3)
+    z = rng.standard_normal((5 * kernels.TILE + 3, 6))
+    results = [kernels.maf_inverse(made, z, 3.0, threads=t) for t in (1, 2, 3)]
+    for x, logdet in results[1:]:
+        assert np.array_equal(x, results[0][0]) and np.array_equal(logdet, results[0][1])
+    x_ref, logdet_ref = kernels.maf_inverse_reference(made, z, 3.0)
+    assert np.abs(results[0][0] - x_ref).max() <= 1e-12 * max(1.0, np.abs(x_ref).max())
+
+
+def test_kernel_uses_as_many_threads_as_blas():
+    from threadpoolctl import threadpool_limits
+
+    from nflows_edu import threads
+    with threadpool_limits(1, user_api="blas"):
+        assert threads.blas_thread_count() == 1
+    with threadpool_limits(2, user_api="blas"):
+        assert threads.blas_thread_count() == 2
+
+
 def test_iaf_sampling_is_one_made_pass_of_its_maf(rng):
     iaf = gradcheck.randomize_parameters(IAF(4, (8,), "natural", "tanh", rng=rng), rng, 0.5)
     z = rng.standard_normal((5, 4))
