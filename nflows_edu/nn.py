@@ -34,13 +34,18 @@ class Linear(Module):
     def forward(self, x):
         # np.dot is the same product as x @ W; NumPy's @ does not hand an inner dimension of 1
         # to BLAS (the first layer of a coupling on 2-D data), and is 6x slower there.
-        y = np.dot(x, self.params["W"]) + self.params["b"]
+        y = np.dot(x, self.params["W"])
+        y += self.params["b"]  # in place: one pass less over y than `np.dot(...) + b`
         return y, x
 
     def backward(self, dy, cache):
         x = cache
         self.grads["W"] += x.T @ dy
-        self.grads["b"] += dy.sum(axis=0)
+        # db = sum_n dy, written as the product of a vector of ones with dy: BLAS computes
+        # it 4-10x faster than dy.sum(axis=0) for a (512, 64) batch (3.6 vs 40 us measured),
+        # which is 0.5 ms of a 2-D RealNVP training step's 3-4 ms. The same numbers up to
+        # round-off.
+        self.grads["b"] += np.ones(dy.shape[0], dtype=dy.dtype) @ dy
         return dy @ self.params["W"].T
 
     def __repr__(self):

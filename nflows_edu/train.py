@@ -63,14 +63,19 @@ class _LastGood:
             f"Stopped and put back {kept}. {self.advice}")
 
 
-def log_prob(flow, data, batch_size=65536):
-    """``flow.log_prob`` of ``data`` (N, D) in batches, so a million points fit in memory."""
+def log_prob(flow, data, batch_size=4096):
+    """``flow.log_prob`` of ``data`` (N, D) in batches, so a million points fit in memory.
+
+    Batches of 4096 keep each layer's activations in the CPU's cache: a million points through
+    the demo's float32 RealNVP took 2.7 s of CPU time in batches of 4096 against 3.7-4.3 s in
+    batches of 65,536 (measured in one run, one thread).
+    """
     data = check_array(data, "log_prob", flow.dim)
     return np.concatenate([flow.log_prob(data[i:i + batch_size])
                            for i in range(0, len(data), batch_size)])
 
 
-def nll(flow, data, batch_size=65536):
+def nll(flow, data, batch_size=4096):
     """Mean negative log-likelihood (nats per example) of ``data`` (N, D), in batches."""
     return float(-log_prob(flow, data, batch_size).mean())
 

@@ -220,3 +220,19 @@ def test_load_names_the_file_for_a_bad_config(config, tmp_path):
     np.savez(path, __config__=np.array(config))
     with pytest.raises(ValueError, match="bad_config.npz"):
         nf.load(path)
+
+
+def test_coupling_follows_a_mask_loaded_into_it(rng):
+    """The coupling layers cache their index arrays; a mask copied in by load_state_dict (in
+    place) must still be the mask the layer uses."""
+    from nflows_edu.bijectors import AffineCoupling
+    layer = gradcheck.randomize_parameters(AffineCoupling([1, 0, 1, 0], (8,), rng=rng), rng)
+    x = rng.standard_normal((5, 4))
+    before, _, _ = layer.forward(x)
+    state = layer.state_dict()
+    state["mask"] = np.array([0, 1, 0, 1])
+    layer.load_state_dict(state)
+    after, _, _ = layer.forward(x)
+    assert np.array_equal(layer.idx_a, [1, 3]) and np.array_equal(layer.idx_b, [0, 2])
+    assert np.allclose(after[:, [1, 3]], x[:, [1, 3]])   # the new mask's half passes through
+    assert not np.allclose(before, after)

@@ -78,11 +78,22 @@ class _Coupling(Bijector):
 
     @property
     def idx_a(self):
-        return np.flatnonzero(self.buffers["mask"] == 1)
+        return self._indices()[0]
 
     @property
     def idx_b(self):
-        return np.flatnonzero(self.buffers["mask"] == 0)
+        return self._indices()[1]
+
+    def _indices(self):
+        """(idx_a, idx_b) = (np.flatnonzero(mask == 1), np.flatnonzero(mask == 0)), recomputed
+        only when the mask's contents change: computed at every call they were about 0.3 ms
+        of a 3-4 ms training step of a 2-D RealNVP (8 layers, 8 lookups each)."""
+        mask = self.buffers["mask"]
+        key = mask.tobytes()
+        if getattr(self, "_index_key", None) != key:
+            self._index_key = key
+            self._index_pair = (np.flatnonzero(mask == 1), np.flatnonzero(mask == 0))
+        return self._index_pair
 
     def check_state(self):
         mask = self.buffers["mask"]
