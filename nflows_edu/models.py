@@ -62,6 +62,27 @@ def realnvp(dim, n_layers=8, hidden=(64, 64), activation="relu", s_max=3.0, rng=
     return Flow(Chain(layers), StandardNormal(dim, dtype), config)
 
 
+def nsf(dim, n_layers=8, hidden=(64, 64), activation="relu", n_bins=8, bound=4.0, rng=None,
+        dtype=np.float64):
+    r"""Neural spline flow, coupling version (Durkan, Bekasov, Murray, Papamakarios 2019,
+    arXiv:1906.04032): ``n_layers`` rational-quadratic spline couplings
+    (``bijectors.SplineCoupling``, ``n_bins`` bins on ``[-bound, bound]``, the identity
+    outside) with alternating masks, as in ``realnvp``; standard normal prior. Each coupling's
+    net starts at zero, so the untrained flow is the identity.
+    """
+    from .bijectors.spline import SplineCoupling
+    dim = _check_dim(dim, "nsf")
+    n_layers = _check_layers(n_layers, "nsf")
+    rng = np.random.default_rng() if rng is None else rng
+    layers = [SplineCoupling(alternating_mask(dim, k % 2), hidden, activation, n_bins, bound,
+                             rng=rng, dtype=dtype)
+              for k in range(n_layers)]
+    config = dict(model="nsf", dim=dim, n_layers=n_layers, hidden=list(hidden),
+                  activation=activation, n_bins=int(n_bins), bound=float(bound),
+                  dtype=np.dtype(dtype).name)
+    return Flow(Chain(layers), StandardNormal(dim, dtype), config)
+
+
 def _autoregressive(cls, name, dim, n_layers, hidden, activation, s_max, batch_norm,
                     pixel_levels, logit_alpha, rng, dtype):
     if int(dim) != dim or dim < 2:
@@ -317,7 +338,7 @@ def realnvp_image(shape=(1, 8, 8), scales=2, hidden=32, n_blocks=2, net="resnet"
 
 
 MODELS = {"nice": nice, "realnvp": realnvp, "maf": maf, "iaf": iaf, "planar": planar,
-          "radial": radial, "iresnet": iresnet, "resflow": resflow, "impflow": impflow,
+          "radial": radial, "nsf": nsf, "iresnet": iresnet, "resflow": resflow, "impflow": impflow,
           "glow": glow, "realnvp_image": realnvp_image}
 IMAGE_MODELS = ("glow", "realnvp_image")  # built from shape=(C, H, W), not dim
 
