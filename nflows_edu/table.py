@@ -53,6 +53,8 @@ FAMILIES = [
         d, N_LAYERS, hidden, rng=rng, dtype=dtype), PARALLEL_ML),
     Family("RealNVP", lambda d, rng, hidden, dtype: models.realnvp(
         d, N_LAYERS, hidden, rng=rng, dtype=dtype), PARALLEL_ML),
+    Family("NSF", lambda d, rng, hidden, dtype: models.nsf(
+        d, N_LAYERS, hidden, rng=rng, dtype=dtype), PARALLEL_ML),
     Family("MAF", lambda d, rng, hidden, dtype: models.maf(
         d, N_LAYERS, hidden, rng=rng, dtype=dtype),
         dict(inference="1", sampling="D", density="1", training="1")),
