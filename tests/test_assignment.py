@@ -204,6 +204,35 @@ def test_grade_stubs_zero_library_full_mutants_lose_the_caught_check(tmp_path):
     assert "training-mode gradient dx" in checks["output"]
 
 
+SIZE_BUGS = {"Scaling.backward": "first 4 examples only",
+             "Scaling.forward": "first 5 features only",
+             "Scaling.inverse": "first 5 features only"}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_hard_coded_sizes_lose_the_checks_and_the_reference(tmp_path, seed):
+    """Reported: Scaling.backward summing ds over the first 4 examples got 8 of 10 (checks 5/5,
+    reference 3/3, only training saw it) at three grading seeds, and Scaling.forward / inverse
+    scaling only the first 5 features passed every registry draw: the hidden draws were of 1
+    to 4 examples and 2 to 5 features. Every hidden draw is now larger than both."""
+    names = [*SIZE_BUGS, "Scaling.inverse_backward"]
+    make(names, tmp_path)
+    text = open(tmp_path / "my_flows.py").read()
+    for name, bug in SIZE_BUGS.items():
+        text = splice(text, name, next(m for m in MUTANTS if m.name == f"{name}: {bug}").source)
+    # the control: the library's own method, in the same folder, at the same seed
+    text = splice(text, "Scaling.inverse_backward",
+                  library_source(get_exercise("Scaling.inverse_backward")))
+    (tmp_path / "my_flows.py").write_text(text)
+    result = grade(str(tmp_path), seed=seed, draws=2)
+    for name in SIZE_BUGS:
+        tests = _tests_of(result, name)
+        assert tests["checks"]["score"] == 0 and tests["reference"]["score"] == 0, (name, tests)
+        assert "0/2 draws passed" in tests["checks"]["output"], tests
+    control = _tests_of(result, "Scaling.inverse_backward")
+    assert sum(t["score"] for t in control.values()) == FULL, control
+
+
 BAD = {
     "Scaling.backward": "def backward(self, dz, dlogdet, cache):\n    while True:\n        pass\n",
     "AdditiveCoupling.forward": "def forward(self, x):\n    import sys\n    sys.exit(3)\n",

@@ -213,3 +213,45 @@ def test_empty_batch_is_rejected(rng):
 def test_bad_mask_is_rejected(mask):
     with pytest.raises(ValueError, match="AffineCoupling"):
         AffineCoupling(mask)
+
+
+def test_registry_sizes_exceed_a_worked_example():
+    """Reported: batches of 1 to 4 examples and 2 to 5 features let a Scaling whose backward
+    sums ds over the first 4 examples, or whose forward scales the first 5 features only,
+    pass 30 of 30 draws. The draws now reach 64 examples and 12 features, small ones still
+    among them, and the grader's (``large``) are all above both sizes."""
+    rng = np.random.default_rng(0)
+    sizes = [gradcheck.make_layer("Scaling", rng)[1].shape for _ in range(300)]
+    ns, dims = np.array(sizes).T
+    assert ns.min() == 1 and ns.max() == 64 and dims.min() == 2 and dims.max() == 12
+    assert 0.2 < np.mean(ns <= 4) < 0.6 and np.mean(dims > 5) > 0.5
+    for name in LAYER_NAMES:
+        for _ in range(10):
+            dim, n = gradcheck.draw_sizes(name, rng, large=True)
+            assert dim >= min(6, gradcheck._REGISTRY[name].max_dim) and n >= 16, name
+
+
+@pytest.mark.parametrize("bug", ["backward: first 4 examples", "forward: first 5 features"])
+def test_registry_draws_catch_hard_coded_sizes(bug):
+    from nflows_edu.bijectors import Scaling
+
+    class Sized(Scaling):
+        if bug.startswith("backward"):
+            def backward(self, dz, dlogdet, cache):
+                x, z = cache
+                self.grads["s"] += (dz * z)[:4].sum(axis=0) + dlogdet[:4].sum()
+                return dz * np.exp(self.params["s"])
+        else:
+            def forward(self, x):
+                z = np.array(x, dtype=np.float64)
+                z[:, :5] *= np.exp(self.params["s"][:5])
+                return z, np.full(len(x), self.params["s"].sum()), (x, z)
+
+    gradcheck.register("Sized", lambda d, r: Sized(d))
+    try:
+        reports = gradcheck.check_all(seed=0, draws=30, layers=["Sized"])
+    finally:
+        gradcheck.unregister("Sized")
+    # 0 of 30 at the old sizes; about 18 expected now (a batch over 4 examples, 61% of the
+    # draws; over 5 features, 64%): this seed's draws give 10 and 17
+    assert sum(not r.passed() for r in reports) >= 8

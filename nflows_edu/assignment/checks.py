@@ -11,6 +11,12 @@ same checks as a coupling layer, inside one.
 * ``agreement``: the student's layer against the library's own on the same parameters and
   inputs (outputs, log-dets, VJPs, parameter gradients);
 * ``training``: a short maximum-likelihood run with each, from the same start, on the same data.
+
+Every draw is built by ``build_pair`` at sizes from the upper part of the registration's
+ranges (for a vector layer 6 to 12 features and 16 to 64 examples): a batch size or a
+feature count hard-coded from a worked example (``[:4]``, the first 5 features) fails every
+draw, not only the draws that happen to be large. Small sizes are the registry tests' and
+``nflows-edu check``'s (1 to 64 examples, log-uniform, 2 to 12 features).
 """
 import copy
 
@@ -41,9 +47,13 @@ def build_pair(entry_name, old, new, rng, setup=None, n=None):
     r"""``(reference, student, x)``: registry layer ``entry_name`` built from ``rng``, a deep
     copy with ``old`` swapped for ``new``, and a batch in its domain.
 
-    Raises ``ValueError`` if the layer holds no instance of ``old``.
+    The sizes are the upper part of the registration's ranges (``gradcheck.draw_sizes`` with
+    ``large=True``: for a vector layer 6 to 12 features and 16 to 64 examples), so that every
+    hidden draw exceeds a batch size or a feature count hard-coded from a worked example
+    (``[:4]``, ``range(5)``); ``n`` fixes the batch. Raises ``ValueError`` if the layer holds
+    no instance of ``old``.
     """
-    reference, x = gradcheck.make_layer(entry_name, rng, n=n)
+    reference, x = gradcheck.make_layer(entry_name, rng, n=n, large=True)
     student = copy.deepcopy(reference)
     if not swap_classes(student, old, new, setup):
         raise ValueError(f"registry entry {entry_name!r} holds no {old.__name__}")
@@ -84,9 +94,11 @@ def batchnorm_train_check(cls, rng, setup=None):
     r"""``BatchNorm.backward`` in training mode: each z_n depends on the whole batch through
     its mean and variance, so the registry's per-example checks do not see it. The loss
     L = sum(dz * z) + sum(dlogdet * logdet) of the whole batch is differentiated by central
-    differences with respect to x and both parameters. Returns a list of failures."""
+    differences with respect to x and both parameters, at 6 to 12 features and 16 to 64
+    examples (sizes no worked example hard-codes). Returns a list of failures."""
     from ..bijectors.normalization import BatchNorm
-    d, n = int(rng.integers(2, 5)), int(rng.integers(3, 7))
+    d = int(rng.integers(gradcheck.LARGE_DIM, gradcheck.MAX_DIM + 1))
+    n = gradcheck.log_uniform_int(rng, gradcheck.LARGE_BATCH, gradcheck.MAX_BATCH)
     layer = BatchNorm(d)
     layer.__class__ = cls
     gradcheck.randomize_parameters(layer, rng, 0.5)

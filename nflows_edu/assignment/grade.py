@@ -6,8 +6,8 @@ For each exercise of ``DIR/assignment.json``, in its own subprocess with a time 
 ``checks.isolate``) gets three checks, with partial credit:
 
 * ``checks`` (5 points): ``gradcheck.check_bijector`` on hidden draws of each registry entry
-  of the exercise (sizes, seeds and parameters chosen here, away from initialisation) with the
-  student's class swapped in, plus the exercise's extra checks; points in proportion to the
+  of the exercise (sizes, seeds and parameters chosen here, away from initialisation; sizes
+  above any worked example's, ``checks.build_pair``) with the student's class swapped in, plus the exercise's extra checks; points in proportion to the
   draws that pass;
 * ``reference`` (3 points): agreement with the library's class on the same parameters,
   inputs and upstream gradients (to ``checks.AGREE_TOL``), in proportion to the draws;

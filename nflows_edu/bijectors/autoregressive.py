@@ -162,10 +162,12 @@ def _order(dim, rng):
 
 
 # tanh MADEs (smooth, for central differences); hidden layers wide enough for every degree
-register("MAF", lambda d, r: MAF(d, (8, 8), _order(d, r), "tanh", s_max=2.0, rng=r))
+# (at least D - 1 units)
+register("MAF", lambda d, r: MAF(d, (max(8, d),) * 2, _order(d, r), "tanh", s_max=2.0, rng=r))
 register("MAF(reference)",
-         lambda d, r: MAF(d, (6,), _order(d, r), "tanh", s_max=2.0, rng=r, use_kernel=False))
-register("IAF", lambda d, r: IAF(d, (8, 8), _order(d, r), "tanh", s_max=2.0, rng=r))
+         lambda d, r: MAF(d, (max(6, d),), _order(d, r), "tanh", s_max=2.0, rng=r,
+                          use_kernel=False))
+register("IAF", lambda d, r: IAF(d, (max(8, d),) * 2, _order(d, r), "tanh", s_max=2.0, rng=r))
 
 
 from ..assignment.catalogue import exercise  # noqa: E402
