@@ -41,11 +41,7 @@ class Linear(Module):
     def backward(self, dy, cache):
         x = cache
         self.grads["W"] += x.T @ dy
-        # db = sum_n dy, written as the product of a vector of ones with dy: BLAS computes
-        # it 4-10x faster than dy.sum(axis=0) for a (512, 64) batch (3.6 vs 40 us measured),
-        # which is 0.5 ms of a 2-D RealNVP training step's 3-4 ms. The same numbers up to
-        # round-off.
-        self.grads["b"] += np.ones(dy.shape[0], dtype=dy.dtype) @ dy
+        self.grads["b"] += dy.sum(axis=0)
         return dy @ self.params["W"].T
 
     def __repr__(self):

@@ -429,11 +429,19 @@ def _random_mask(dim, rng):
 
 
 def _randomize_spline(layer, rng, scale):
-    """Half the registry's usual move: the parameters (or the net's outputs) are K-way softmax
-    logits, and at the full scale some draws give bins of slope 0.01 beside slope 50, where
-    the central differences of the checks (not the layer) lose their accuracy."""
+    """Half the registry's usual move: the parameters are K-way softmax logits, and at the full
+    scale some draws give bins of slope 0.01 beside slope 50, where the central differences of
+    the checks (not the layer) lose their accuracy."""
     for _, p, _ in layer.parameters():
         p += 0.5 * scale * rng.standard_normal(p.shape)
+    return layer
+
+
+def _randomize_coupling(layer, rng, scale):
+    """A quarter of the usual move for the coupling's net: its outputs (the logits) sum over
+    up to 11 conditioning features, so they spread more than a single spline's parameters."""
+    for _, p, _ in layer.parameters():
+        p += 0.25 * scale * rng.standard_normal(p.shape)
     return layer
 
 
@@ -442,4 +450,4 @@ register("RQSpline", lambda d, r: RQSpline(d, n_bins=int(r.integers(2, 7)), boun
 register("SplineCoupling",
          lambda d, r: SplineCoupling(_random_mask(d, r), (8,), "tanh", n_bins=int(r.integers(2, 6)),
                                      bound=2.0, rng=r),
-         inputs=_spline_inputs, randomize=_randomize_spline)
+         inputs=_spline_inputs, randomize=_randomize_coupling)
