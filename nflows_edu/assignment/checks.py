@@ -123,7 +123,41 @@ def batchnorm_train_check(cls, rng, setup=None):
     return out + [f"bookkeeping: {p}" for p in problems]
 
 
-EXTRA_CHECKS = {"batchnorm_train": batchnorm_train_check}
+def spline_knots_check(cls, rng, setup=None):
+    r"""``RQSpline`` where random draws never go: the identity spline (every parameter 0, as
+    each coupling starts) and points exactly on the knots.
+
+    At the identity every bin is linear with slope 1, so the quadratic of the inverse has
+    a = 0: the textbook root ``(-b + sqrt(b^2 - 4ac)) / 2a`` is 0/0 there, the stable
+    ``2c / (-b - sqrt(...))`` is exact. On the knots, x_0 = -B included, ``g`` and ``g'`` are
+    continuous, so any bin convention gives z = y_k and log-det log d_k; a bin search that
+    puts -B in "bin -1" does not. The library's own ``RQSpline`` on the same parameters is the
+    reference; values are compared, not gradients (at a knot the gradient of log g' depends on
+    which side's bin the point is given). Returns a list of failures."""
+    from ..bijectors.spline import RQSpline, spline_knots
+    d = int(rng.integers(gradcheck.LARGE_DIM, gradcheck.MAX_DIM + 1))
+    k_bins = int(rng.integers(3, 9))
+    out = []
+    for label, scale in (("identity spline", 0.0), ("points on the knots", 0.5)):
+        reference = RQSpline(d, n_bins=k_bins, bound=2.0)
+        gradcheck.randomize_parameters(reference, rng, scale)
+        student = copy.deepcopy(reference)
+        student.__class__ = cls
+        xk, yk, _ = spline_knots(*(reference.params[k] for k in ("uw", "uh", "ud")), 2.0)
+        x = (xk.T if scale else np.linspace(-2.5, 2.5, 2 * k_bins + 1)[:, None]
+             * np.ones(d))  # (K + 1, D) knots, or a grid through both tails
+        z = yk.T if scale else x
+        for direction, point in (("forward", x), ("inverse", z)):
+            want, want_ld, _ = getattr(reference, direction)(point)
+            got, got_ld, _ = getattr(student, direction)(point)
+            err = max(np.abs(got - want).max(), np.abs(got_ld - want_ld).max())
+            if not err <= 1e-10:
+                out.append(f"{label}: {direction} differs from the library's by {err:.1e} "
+                           f"(> 1e-10)")
+    return out
+
+
+EXTRA_CHECKS = {"batchnorm_train": batchnorm_train_check, "spline_knots": spline_knots_check}
 
 
 # ------------------------------------------------------------------ the three graded checks

@@ -44,14 +44,20 @@ def library_source(ex):
     if not ex.hide:
         return text
     # the helpers kept out of the student's module are imported inside the method
+    module = inspect.getmodule(method).__name__
+    return insert_at_top_of_body(text, [f"from {module} import {', '.join(ex.hide)}"])
+
+
+def insert_at_top_of_body(text, new_lines):
+    """The source of one function, ``text``, with ``new_lines`` (unindented) inserted as the
+    first statements of its body, after its docstring."""
     body = ast.parse(text).body[0].body
     first = body[0]
     docstring = isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
     at = first.end_lineno if docstring and len(body) > 1 else first.lineno - 1
     indent = " " * (body[1] if docstring and len(body) > 1 else first).col_offset
     lines = text.splitlines()
-    module = inspect.getmodule(method).__name__
-    lines.insert(at, f"{indent}from {module} import {', '.join(ex.hide)}")
+    lines[at:at] = [indent + line if line else line for line in new_lines]
     return "\n".join(lines) + "\n"
 
 

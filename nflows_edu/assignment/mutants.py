@@ -29,6 +29,8 @@ checker cannot see by design are listed in ``SURVIVORS`` with the reason, and ar
 there the checker is right and the edit is not a bug of the map it checks.
 """
 import inspect
+import re
+import textwrap
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -47,7 +49,13 @@ class Mutant:
     edits : tuple of (old, new), replacements in the method's source; each ``old`` must
         occur exactly once
     expected : str, the check expected to catch it ("round trip", "log-det", "gradient",
-        "bookkeeping", "training-mode gradient", "raised")
+        "bookkeeping", "training-mode gradient", "raised", or an extra check's name)
+    helpers : tuple of str, module-level functions of the method's module that the method
+        calls (directly or through each other) and that the edits change: a student who
+        writes ``RQSpline.forward`` writes the spline's knots, bin search and formula too.
+        ``original`` then holds copies of them as nested functions at the top of the method
+        body, which shadow the library's, so the mutated method is still one pasteable
+        function.
     """
 
     name: str
@@ -55,6 +63,7 @@ class Mutant:
     description: str
     edits: tuple
     expected: str
+    helpers: tuple = ()
 
     @property
     def layer(self):
@@ -67,9 +76,10 @@ class Mutant:
 
     @property
     def original(self):
-        """The library method's source, dedented."""
+        """The library method's source, dedented (with its ``helpers`` nested in it)."""
         from .make import library_source
-        return library_source(self.exercise)
+        text = library_source(self.exercise)
+        return with_nested_helpers(text, self.exercise, self.helpers) if self.helpers else text
 
     @property
     def source(self):
@@ -89,6 +99,26 @@ class Mutant:
                                       and line.strip().endswith(f"import {', '.join(hide)}")))
             text += "\n"
         return text
+
+
+def with_nested_helpers(text, ex, helpers):
+    r"""``text``, the source of exercise ``ex``'s method, with the module-level functions
+    ``helpers`` copied in as nested functions (after an import of the other module-level
+    names they use), in place of the import of the exercise's hidden helpers."""
+    from .make import insert_at_top_of_body
+    module = inspect.getmodule(getattr(ex.cls, ex.method))
+    sources = [textwrap.dedent(inspect.getsource(getattr(module, h))) for h in helpers]
+    names = set(re.findall(r"\b[A-Za-z_]\w*\b", "".join(sources)))  # defaults' names too
+    own = vars(module)
+    used = sorted(n for n in names | set(ex.hide) if n in own and n not in helpers
+                  and not inspect.ismodule(own[n]) and not n.startswith("__"))
+    hidden_import = f"from {module.__name__} import {', '.join(ex.hide)}"
+    text = "\n".join(line for line in text.splitlines() if line.strip() != hidden_import) + "\n"
+    block = ["# the library's helpers, copied in as nested functions (a mutant edits them)"]
+    block += [f"from {module.__name__} import {', '.join(used)}"] if used else []
+    for source in sources:
+        block += source.rstrip("\n").splitlines()
+    return insert_at_top_of_body(text, block)
 
 
 def mutant_class(mutant):
@@ -128,8 +158,9 @@ def mutation_score(mutants=None, draws=2, seed=0):
     return sum(r.caught for r in results), len(results), results
 
 
-def _m(target, bug, description, edits, expected):
-    return Mutant(f"{target}: {bug}", target, description, tuple(edits), expected)
+def _m(target, bug, description, edits, expected, helpers=()):
+    return Mutant(f"{target}: {bug}", target, description, tuple(edits), expected,
+                  tuple(helpers))
 
 
 MUTANTS = (
@@ -362,6 +393,46 @@ MUTANTS = (
        "dG dropped: only g's value is differentiated",
        [('self.g.jvp_backward(dg, dG, lcache["gcache"])',
          'self.g.jvp_backward(dg, None, lcache["gcache"])')], "gradient"),
+    # ---------------------------------------------------------------- RQSpline
+    # A student who writes RQSpline.forward writes the knots, the bin search and the formula:
+    # the mutant edits the library's helpers, copied into the method (``helpers``).
+    _m("RQSpline.forward", "bin of a point on the last knot",
+       "bins found by counting every knot above x_0 that the point reaches, x_K = B "
+       "included: a point exactly on B gets bin K, one past the last",
+       [("return np.sum(v[..., None] >= knots[..., 1:-1], axis=-1)",
+         "return np.sum(v[..., None] >= knots[..., 1:], axis=-1)")],
+       "raised", helpers=("_bin_of", "rq_forward")),
+    _m("RQSpline.forward", "minimum bin width missing",
+       "w = softmax(uw): bins can shrink to nothing, and the forward's knots are no longer "
+       "the inverse's",
+       [("w = min_width + (1 - K * min_width) * _softmax(uw)", "w = _softmax(uw)")],
+       "round trip", helpers=("spline_knots", "rq_forward")),
+    _m("RQSpline.forward", "derivative of the wrong bin",
+       "d_k and d_{k+1} swapped: each bin takes its right knot's derivative at its left end",
+       [("d0, d1 = _at(d, k), _at(d, k + 1)", "d0, d1 = _at(d, k + 1), _at(d, k)")],
+       "round trip", helpers=("_bin_values", "rq_forward")),
+    _m("RQSpline.forward", "tails that do not join",
+       "the end derivatives d_0, d_K copied from their neighbours instead of 1: the slope "
+       "jumps at -B and B where the identity tails begin",
+       [("d = np.concatenate([ones, min_derivative + _softplus(ud + shift), ones], axis=-1)",
+         "d = min_derivative + _softplus(np.concatenate([ud[..., :1], ud, ud[..., -1:]], "
+         "axis=-1) + shift)")],
+       "round trip", helpers=("spline_knots", "rq_forward")),
+    _m("RQSpline.inverse", "the textbook root",
+       "xi = (-b + sqrt(b^2 - 4ac)) / 2a: loses digits near a knot and is 0/0 wherever a "
+       "bin is linear (a = 0), as at the identity every coupling starts from",
+       [("xi = np.clip(2 * c / (-b - np.sqrt(discriminant)), 0, 1)",
+         "xi = np.clip((-b + np.sqrt(discriminant)) / (2 * a), 0, 1)")],
+       "spline_knots", helpers=("rq_inverse",)),
+    _m("RQSpline.backward", "minimum's factor missing in the softmax VJP",
+       "w = m + (1 - K m) softmax(uw) differentiated as if w = softmax(uw)",
+       [("dq = (1 - K * minimum) * du_fraction", "dq = du_fraction")],
+       "gradient", helpers=("_parameter_grads", "rq_backward")),
+    _m("RQSpline.backward", "cumulative sum not reversed",
+       "dw_i from the knots below bin i (a forward cumulative sum) instead of those above",
+       [("tail_sums = np.cumsum(interior[..., ::-1], axis=-1)[..., ::-1]",
+         "tail_sums = np.cumsum(interior, axis=-1)")],
+       "gradient", helpers=("_parameter_grads", "rq_backward")),
     # ---------------------------------------------------------------- Squeeze
     _m("Squeeze.forward", "plain reshape",
        "x.reshape(N, 4C, H/2, W/2): a permutation, but not the one unsqueeze undoes",
