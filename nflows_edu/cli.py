@@ -349,7 +349,7 @@ DIGITS_EVAL_EVERY = 50  # it overfits within a few hundred steps: look often
 DIGITS_HIDDEN = (512, 512)
 DIGITS_ACTIVATION = "tanh"
 DIGITS_LR = 1e-3
-DIGITS_MODELS = ("maf", "glow", "realnvp_image")  # take pixel_levels, train by max. likelihood
+DIGITS_MODELS = ("maf", "nsf", "glow", "realnvp_image")  # take pixel_levels, train by max. likelihood
 DIGITS_TEMPERATURES = (0.5, 0.75, 1.0)  # samples.png: one grid per sampling temperature
 
 
@@ -363,8 +363,8 @@ def run_digits(model, steps, batch_size, lr, out, seed=0, n_layers=None, dtype="
     the parameters with the best validation NLL (``train.fit(..., keep_best=True)``: the
     data set is small and overfits). ``test_nll`` (nats per image) and ``test_bpd``
     (``datasets.bits_per_dim``) average DIGITS_TEST_COPIES dequantisations of the 270 test
-    images. The MADEs have DIGITS_HIDDEN hidden units and DIGITS_ACTIVATION (``--hidden`` is
-    for the 2-D data).
+    images. The MADEs (``maf``) and the coupling nets (``nsf``) have DIGITS_HIDDEN hidden
+    units and DIGITS_ACTIVATION (``--hidden`` is for the 2-D data).
     """
     if model not in DIGITS_MODELS:
         raise UsageError(f"--data digits trains by maximum likelihood a model that models "

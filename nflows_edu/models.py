@@ -62,23 +62,31 @@ def realnvp(dim, n_layers=8, hidden=(64, 64), activation="relu", s_max=3.0, rng=
     return Flow(Chain(layers), StandardNormal(dim, dtype), config)
 
 
-def nsf(dim, n_layers=8, hidden=(64, 64), activation="relu", n_bins=8, bound=4.0, rng=None,
-        dtype=np.float64):
+def nsf(dim, n_layers=8, hidden=(64, 64), activation="relu", n_bins=8, bound=4.0,
+        pixel_levels=None, logit_alpha=0.05, rng=None, dtype=np.float64):
     r"""Neural spline flow, coupling version (Durkan, Bekasov, Murray, Papamakarios 2019,
     arXiv:1906.04032): ``n_layers`` rational-quadratic spline couplings
     (``bijectors.SplineCoupling``, ``n_bins`` bins on ``[-bound, bound]``, the identity
     outside) with alternating masks, as in ``realnvp``; standard normal prior. Each coupling's
     net starts at zero, so the untrained flow is the identity.
+
+    With ``pixel_levels = L`` the flow models dequantised pixels v in [0, L)^D, as ``maf``
+    does: ``ScaleToUnit(L)`` and ``Logit(logit_alpha)`` come first (the logit maps into
+    about [-3, 3], inside the splines' default [-4, 4]).
     """
     from .bijectors.spline import SplineCoupling
     dim = _check_dim(dim, "nsf")
     n_layers = _check_layers(n_layers, "nsf")
     rng = np.random.default_rng() if rng is None else rng
-    layers = [SplineCoupling(alternating_mask(dim, k % 2), hidden, activation, n_bins, bound,
-                             rng=rng, dtype=dtype)
-              for k in range(n_layers)]
+    layers = []
+    if pixel_levels is not None:  # dequantised pixels in [0, L) -> (0, 1) -> logit
+        layers += [ScaleToUnit(dim, pixel_levels), Logit(dim, logit_alpha)]
+    layers += [SplineCoupling(alternating_mask(dim, k % 2), hidden, activation, n_bins, bound,
+                              rng=rng, dtype=dtype)
+               for k in range(n_layers)]
     config = dict(model="nsf", dim=dim, n_layers=n_layers, hidden=list(hidden),
                   activation=activation, n_bins=int(n_bins), bound=float(bound),
+                  pixel_levels=pixel_levels, logit_alpha=logit_alpha,
                   dtype=np.dtype(dtype).name)
     return Flow(Chain(layers), StandardNormal(dim, dtype), config)
 

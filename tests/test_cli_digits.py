@@ -3,13 +3,15 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from nflows_edu import cli, io
 
 
-def test_train_maf_on_digits_writes_metrics_and_samples(tmp_path, capsys):
+@pytest.mark.parametrize("model", ["maf", "nsf"])
+def test_train_a_vector_model_on_digits_writes_metrics_and_samples(model, tmp_path, capsys):
     out = tmp_path / "digits"
-    argv = ["train", "--model", "maf", "--data", "digits", "--steps", "3", "--batch-size", "16",
+    argv = ["train", "--model", model, "--data", "digits", "--steps", "3", "--batch-size", "16",
             "--n-layers", "1", "--out", str(out), "--no-progress"]
     assert cli.main(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())

@@ -64,11 +64,12 @@ def test_logit_matches_realnvp_formula(rng):
     assert np.abs(x_back - x).max() <= 1e-13 and np.abs(logdet + logdet_back).max() <= 1e-12
 
 
-def test_pixel_maf_saves_and_loads(rng, tmp_path):
-    flow = models.maf(64, n_layers=2, hidden=(64,), pixel_levels=17, rng=rng)
+@pytest.mark.parametrize("name", ["maf", "nsf"])
+def test_pixel_model_saves_and_loads(name, rng, tmp_path):
+    flow = models.MODELS[name](64, n_layers=2, hidden=(64,), pixel_levels=17, rng=rng)
     for _, p, _ in flow.parameters():
         p += 0.01 * rng.standard_normal(p.shape)
     v = dequantize(datasets.digits("test")[:10], rng)
-    loaded = io.load(io.save(flow, tmp_path / "digits_maf"))
+    loaded = io.load(io.save(flow, tmp_path / f"digits_{name}"))
     assert np.array_equal(loaded.log_prob(v), flow.log_prob(v))
     assert flow.sample(4, rng).shape == (4, 64)
