@@ -89,8 +89,9 @@ def _pack(made, dtype):
 
     Inputs are put in generation order (row k of the first matrix is feature ``order[k]``),
     hidden units sorted by degree (a stable sort: ``MADE``'s degrees are sorted already, so
-    this is the identity there), outputs as pairs (mu, alpha) in generation order (so the
-    outputs of generation rank >= r are one block of columns, 2 r .. 2 D - 1). ``lo[l, d]``
+    this is the identity there), outputs as groups of the P = ``made.n_params`` numbers of a
+    feature (pairs (mu, alpha) for MAF) in generation order (so the outputs of generation
+    rank >= r are one block of columns, P r .. P D - 1). ``lo[l, d]``
     is the number of units of layer l with degree < d, so the units of degree d are
     ``lo[l, d]:lo[l, d + 1]``.
     """
@@ -98,7 +99,7 @@ def _pack(made, dtype):
     degrees = made.degrees
     perms = [made.order]
     perms += [np.argsort(deg, kind="stable") for deg in degrees[1:-1]]
-    perms.append(np.stack([made.order, dim + made.order], axis=1).ravel())
+    perms.append(np.stack([p * dim + made.order for p in range(made.n_params)], axis=1).ravel())
     sizes = np.array([deg.size for deg in degrees], dtype=np.int64)
     lo = np.zeros((len(degrees), dim + 1), dtype=np.int64)
     for layer, deg in enumerate(degrees[1:-1], start=1):
@@ -134,23 +135,30 @@ def maf_inverse(made, z, s_max, tile=TILE, align=None, threads=None):
 
     Returns ``(x (N, D), logdet (N,))``.
     """
+    # the scalars in z's dtype: a Python float would make every float32 tanh and exp in the
+    # kernel a float64 one
+    return _run_kernel(_maf_inverse_kernel, made, z, (z.dtype.type(s_max),), tile, align,
+                       threads)
+
+
+def _run_kernel(kernel, made, z, options, tile, align, threads):
+    r"""Pack ``made`` (``_pack``), set the threads and call
+    ``kernel(z, order, sizes, lo, w, w_off, b, b_off, act, leak, *options, tile, align)``
+    (``maf_inverse`` explains ``tile``, ``align`` and ``threads``)."""
     z = np.ascontiguousarray(z)
     acts = [layer for layer in made.layers if not isinstance(layer, MaskedLinear)]
     act = _ACT_CODES[type(acts[0])] if acts else 0
     leak = acts[0].alpha if acts and isinstance(acts[0], LeakyReLU) else 0.0
     align = 64 // z.dtype.itemsize if align is None else int(align)
     sizes, lo, w, w_off, b, b_off = _pack(made, z.dtype)
-    # the scalars in z's dtype: a Python float would make every float32 tanh and exp in the
-    # kernel a float64 one
-    scalar = z.dtype.type
     n_tiles = -(-z.shape[0] // int(tile))
     threads = blas_thread_count() if threads is None else int(threads)
     threads = max(1, min(threads, n_tiles, numba.config.NUMBA_NUM_THREADS))
     before = numba.get_num_threads()
     numba.set_num_threads(threads)
     try:
-        return _maf_inverse_kernel(z, made.order.astype(np.int64), sizes, lo, w, w_off, b,
-                                   b_off, act, scalar(leak), scalar(s_max), int(tile), align)
+        return kernel(z, made.order.astype(np.int64), sizes, lo, w, w_off, b, b_off, act,
+                      z.dtype.type(leak), *options, int(tile), align)
     finally:
         numba.set_num_threads(before)
 
@@ -214,36 +222,80 @@ def _feed(buf, src, src_width, j0, j1, dst, width, c0, c1, rows, w, w_base):
             j += 1
 
 
+@njit(cache=True)
+def _unit_offsets(sizes):
+    """Offsets of each layer's units inside one tile's buffer (the input layer first), and
+    the number of units in all."""
+    u_off = np.zeros(sizes.shape[0], dtype=np.int64)
+    for layer in range(1, sizes.shape[0]):
+        u_off[layer] = u_off[layer - 1] + sizes[layer - 1]
+    return u_off, u_off[-1] + sizes[-1]
+
+
+@njit(cache=True)
+def _tile_buffer(z, rows, sizes, u_off, n_units, b, b_off):
+    """One tile's buffer: per layer a (rows, width) block: the inputs in generation order,
+    then the pre-activations of every later layer (activated in place once final), started
+    at the biases b."""
+    buf = np.zeros(rows * n_units, dtype=z.dtype)
+    for layer in range(1, sizes.shape[0]):
+        width = sizes[layer]
+        base = u_off[layer] * rows
+        for t in range(rows):
+            for c in range(width):
+                buf[base + t * width + c] = b[b_off[layer - 1] + c]
+    return buf
+
+
+@njit(cache=True)
+def _feed_degree(buf, k, rows, sizes, lo, u_off, w, w_off, act, leak, align):
+    r"""Once input k (the k-th feature of the order, degree d = k + 1) is in ``buf``: the units
+    of degree d, layer by layer: the input k, then every hidden unit of degree d (final now:
+    all its inputs have degree <= d). Each feeds the units of degree >= d of the next hidden
+    layer, or the outputs of degree > d (the outputs of generation rank r >= d, P of them
+    per feature), a contiguous block of columns. The block is started at a multiple of
+    ``align`` columns: the few columns added in front are units of lower degree, whose
+    masked weights are exactly 0, so they get +0."""
+    d = k + 1
+    out_layer = sizes.shape[0] - 1
+    n_out = sizes[out_layer]
+    n_params = n_out // sizes[0]  # P outputs per feature
+    for layer in range(out_layer):
+        j0 = k if layer == 0 else lo[layer, d]
+        j1 = k + 1 if layer == 0 else lo[layer, d + 1]
+        width = sizes[layer]
+        src = u_off[layer] * rows
+        if layer > 0:
+            for t in range(rows):
+                for j in range(j0, j1):
+                    a = src + t * width + j
+                    buf[a] = _activate(buf[a], act, leak)
+        nxt = layer + 1
+        if nxt == out_layer:
+            c0 = n_params * d - (n_params * d) % align
+            _feed(buf, src, width, j0, j1, u_off[nxt] * rows, n_out, c0, n_out, rows, w,
+                  w_off[layer])
+        else:
+            c0 = lo[nxt, d] - lo[nxt, d] % align
+            _feed(buf, src, width, j0, j1, u_off[nxt] * rows, sizes[nxt], c0, sizes[nxt],
+                  rows, w, w_off[layer])
+
+
 @njit(cache=True, parallel=True)
 def _maf_inverse_kernel(z, order, sizes, lo, w, w_off, b, b_off, act, leak, s_max, tile, align):
     n, dim = z.shape
-    n_layers = sizes.shape[0]  # input, hidden layers, output
-    out_layer = n_layers - 1
     x = np.empty_like(z)
     logdet = np.zeros(n, dtype=z.dtype)
-    # offsets of each layer's units inside one tile's buffer (the input layer first)
-    u_off = np.zeros(n_layers, dtype=np.int64)
-    for layer in range(1, n_layers):
-        u_off[layer] = u_off[layer - 1] + sizes[layer - 1]
-    n_units = u_off[out_layer] + sizes[out_layer]
+    u_off, n_units = _unit_offsets(sizes)
     n_tiles = (n + tile - 1) // tile
     for it in prange(n_tiles):  # the tiles are independent: one thread each at a time
         t0 = it * tile
         rows = min(tile, n - t0)
-        # buf holds, per layer, a (rows, width) block: the inputs in generation order, then
-        # the pre-activations of every later layer (activated in place once final), from b
-        buf = np.zeros(rows * n_units, dtype=z.dtype)
-        for layer in range(1, n_layers):
-            width = sizes[layer]
-            base = u_off[layer] * rows
-            for t in range(rows):
-                for c in range(width):
-                    buf[base + t * width + c] = b[b_off[layer - 1] + c]
-        out = u_off[out_layer] * rows
+        buf = _tile_buffer(z, rows, sizes, u_off, n_units, b, b_off)
+        out = u_off[-1] * rows
         for k in range(dim):
-            d = k + 1  # the degree of the feature solved now
             i = order[k]
-            # its mu and alpha are final: every unit they see has degree < d
+            # its mu and alpha are final: every unit they see has degree < k + 1
             for t in range(rows):
                 mu = buf[out + t * 2 * dim + 2 * k]
                 alpha = s_max * np.tanh(buf[out + t * 2 * dim + 2 * k + 1] / s_max)
@@ -253,30 +305,5 @@ def _maf_inverse_kernel(z, order, sizes, lo, w, w_off, b, b_off, act, leak, s_ma
                 buf[t * dim + k] = xi
             if k == dim - 1:
                 break
-            # units of degree d, layer by layer: the input k, then every hidden unit of
-            # degree d (final now: all its inputs have degree <= d). Each feeds the units of
-            # degree >= d of the next hidden layer, or the outputs of degree > d (the
-            # outputs of generation rank r >= d), a contiguous block of columns. The block
-            # is started at a multiple of ``align`` columns: the few columns added in front
-            # are units of lower degree, whose masked weights are exactly 0, so they get +0.
-            for layer in range(out_layer):
-                j0 = k if layer == 0 else lo[layer, d]
-                j1 = k + 1 if layer == 0 else lo[layer, d + 1]
-                width = sizes[layer]
-                src = u_off[layer] * rows
-                if layer > 0:
-                    for t in range(rows):
-                        for j in range(j0, j1):
-                            a = src + t * width + j
-                            buf[a] = _activate(buf[a], act, leak)
-                nxt = layer + 1
-                dst = u_off[nxt] * rows
-                if nxt == out_layer:
-                    c0 = 2 * d - (2 * d) % align
-                    _feed(buf, src, width, j0, j1, out, 2 * dim, c0, 2 * dim, rows, w,
-                          w_off[layer])
-                else:
-                    c0 = lo[nxt, d] - lo[nxt, d] % align
-                    _feed(buf, src, width, j0, j1, dst, sizes[nxt], c0, sizes[nxt],
-                          rows, w, w_off[layer])
+            _feed_degree(buf, k, rows, sizes, lo, u_off, w, w_off, act, leak, align)
     return x, logdet
