@@ -5,7 +5,7 @@ trips, log-dets and the VJP.)"""
 import numpy as np
 import pytest
 
-from nflows_edu import gradcheck, kernels
+from nflows_edu import gradcheck, io, kernels, models
 from nflows_edu.bijectors import MAF, SplineAutoregressive
 from nflows_edu.nn import MADE
 
@@ -141,6 +141,9 @@ def test_bad_options_are_refused_naming_the_layer(kwargs, words):
     with pytest.raises(ValueError, match=words) as err:
         SplineAutoregressive(3, (4,), **kwargs)
     assert "SplineAutoregressive" in str(err.value)
+    if set(kwargs) <= {"n_bins", "bound"}:  # the model's own options
+        with pytest.raises(ValueError, match=words):
+            models.nsf_ar(3, n_layers=1, hidden=(4,), **kwargs)
 
 
 def test_non_finite_parameters_are_refused_in_both_directions(rng):
@@ -151,3 +154,20 @@ def test_non_finite_parameters_are_refused_in_both_directions(rng):
         with np.errstate(invalid="ignore"), \
                 pytest.raises(ValueError, match="SplineAutoregressive: expected finite"):
             method(x)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_nsf_ar_saves_and_loads_exactly(dtype, rng, tmp_path):
+    flow = models.nsf_ar(4, n_layers=3, hidden=(12, 12), n_bins=5, bound=3.0, rng=rng,
+                         dtype=dtype)
+    for _, p, _ in flow.parameters():
+        p += (0.1 * rng.standard_normal(p.shape)).astype(dtype)
+    orders = [layer.made.order for layer in flow.bijector.layers]
+    assert np.array_equal(orders[0], [0, 1, 2, 3]) and np.array_equal(orders[1], [3, 2, 1, 0])
+    loaded = io.load(io.save(flow, tmp_path / "nsf_ar"))
+    assert loaded.config == flow.config and loaded.config["model"] == "nsf_ar"
+    x = rng.normal(0, 2, (7, 4))
+    assert np.array_equal(loaded.log_prob(x), flow.log_prob(x))
+    assert loaded.log_prob(x).dtype == dtype
+    assert np.array_equal(loaded.sample(5, np.random.default_rng(1)),
+                          flow.sample(5, np.random.default_rng(1)))
