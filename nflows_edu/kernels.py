@@ -6,7 +6,11 @@ solve for the features one at a time, in the MADE's order,
 
     x_{p_k} = z_{p_k} * exp(alpha_{p_k}(x)) + mu_{p_k}(x),   k = 0, ..., D-1,
 
-where ``mu_{p_k}`` and ``alpha_{p_k}`` depend only on ``x_{p_0}, ..., x_{p_{k-1}}``, already known.
+where ``mu_{p_k}`` and ``alpha_{p_k}`` depend only on ``x_{p_0}, ..., x_{p_{k-1}}``, already known;
+and ``SplineAutoregressive``'s inverse, the same loop with ``x_{p_k} = g^{-1}(z_{p_k}; theta_{p_k}(x))``
+a rational-quadratic spline's inverse (``spline_ar_inverse`` beside
+``spline_ar_inverse_reference``). Both run in one kernel (``_autoregressive_kernel``): only the
+step that solves for one feature differs.
 
 ``maf_inverse_reference`` is the textbook loop: D full MADE passes (D times the cost of
 one). ``maf_inverse`` computes the same numbers in about the cost of ONE pass:
@@ -137,14 +141,13 @@ def maf_inverse(made, z, s_max, tile=TILE, align=None, threads=None):
     """
     # the scalars in z's dtype: a Python float would make every float32 tanh and exp in the
     # kernel a float64 one
-    return _run_kernel(_maf_inverse_kernel, made, z, (z.dtype.type(s_max),), tile, align,
-                       threads)
+    return _run_kernel(made, z, z.dtype.type(s_max), np.empty(0), tile, align, threads)
 
 
-def _run_kernel(kernel, made, z, options, tile, align, threads):
-    r"""Pack ``made`` (``_pack``), set the threads and call
-    ``kernel(z, order, sizes, lo, w, w_off, b, b_off, act, leak, *options, tile, align)``
-    (``maf_inverse`` explains ``tile``, ``align`` and ``threads``)."""
+def _run_kernel(made, z, s_max, spline, tile, align, threads):
+    r"""Pack ``made`` (``_pack``), set the threads and call ``_autoregressive_kernel`` (MAF's
+    step with ``s_max`` if ``spline`` is empty, else the spline's with those options);
+    ``maf_inverse`` explains ``tile``, ``align`` and ``threads``."""
     z = np.ascontiguousarray(z)
     acts = [layer for layer in made.layers if not isinstance(layer, MaskedLinear)]
     act = _ACT_CODES[type(acts[0])] if acts else 0
@@ -157,8 +160,9 @@ def _run_kernel(kernel, made, z, options, tile, align, threads):
     before = numba.get_num_threads()
     numba.set_num_threads(threads)
     try:
-        return kernel(z, made.order.astype(np.int64), sizes, lo, w, w_off, b, b_off, act,
-                      z.dtype.type(leak), *options, int(tile), align)
+        return _autoregressive_kernel(z, made.order.astype(np.int64), sizes, lo, w, w_off, b,
+                                      b_off, act, z.dtype.type(leak), s_max, spline, int(tile),
+                                      align)
     finally:
         numba.set_num_threads(before)
 
@@ -282,27 +286,45 @@ def _feed_degree(buf, k, rows, sizes, lo, u_off, w, w_off, act, leak, align):
 
 
 @njit(cache=True, parallel=True)
-def _maf_inverse_kernel(z, order, sizes, lo, w, w_off, b, b_off, act, leak, s_max, tile, align):
+def _autoregressive_kernel(z, order, sizes, lo, w, w_off, b, b_off, act, leak, s_max, spline,
+                           tile, align):
+    r"""The sequential inverse of an autoregressive layer, tile by tile: feature by feature in
+    the order, solve for x_i from z_i and the P numbers theta_i of feature i (final once the
+    features before i are in), then feed the new units forward (``_feed_degree``).
+
+    The step is MAF's affine one, ``x_i = z_i exp(alpha_i) + mu_i`` with theta_i = (mu_i, r_i)
+    and alpha_i = s_max tanh(r_i / s_max), when ``spline`` is empty; else the spline's
+    inverse (``_rq_inverse_point``), with ``spline`` = (K, B, m_w, m_h, m_d, shift).
+    """
     n, dim = z.shape
+    n_params = sizes[-1] // dim
     x = np.empty_like(z)
     logdet = np.zeros(n, dtype=z.dtype)
     u_off, n_units = _unit_offsets(sizes)
     n_tiles = (n + tile - 1) // tile
+    n_knots = int(spline[0]) + 1 if spline.size else 0
     for it in prange(n_tiles):  # the tiles are independent: one thread each at a time
         t0 = it * tile
         rows = min(tile, n - t0)
         buf = _tile_buffer(z, rows, sizes, u_off, n_units, b, b_off)
         out = u_off[-1] * rows
+        xk = np.empty(n_knots)  # the spline's knots (scratch)
+        yk = np.empty(n_knots)
         for k in range(dim):
             i = order[k]
-            # its mu and alpha are final: every unit they see has degree < k + 1
+            # its parameters are final: every unit they see has degree < k + 1
             for t in range(rows):
-                mu = buf[out + t * 2 * dim + 2 * k]
-                alpha = s_max * np.tanh(buf[out + t * 2 * dim + 2 * k + 1] / s_max)
-                xi = z[t0 + t, i] * np.exp(alpha) + mu
-                x[t0 + t, i] = xi
-                logdet[t0 + t] += alpha
-                buf[t * dim + k] = xi
+                at = out + (t * dim + k) * n_params
+                if spline.size == 0:
+                    alpha = s_max * np.tanh(buf[at + 1] / s_max)
+                    x[t0 + t, i] = z[t0 + t, i] * np.exp(alpha) + buf[at]
+                    logdet[t0 + t] += alpha
+                else:
+                    x_i, logdet_i = _rq_inverse_point(np.float64(z[t0 + t, i]),
+                                                      buf[at:at + n_params], spline, xk, yk)
+                    x[t0 + t, i] = x_i
+                    logdet[t0 + t] += logdet_i
+                buf[t * dim + k] = x[t0 + t, i]
             if k == dim - 1:
                 break
             _feed_degree(buf, k, rows, sizes, lo, u_off, w, w_off, act, leak, align)
@@ -355,20 +377,12 @@ def spline_ar_inverse(made, z, n_bins, options, tile=TILE, align=None, threads=N
     The MADE runs in ``z``'s dtype (float32 or float64); the spline of each point is
     evaluated in float64 and its result stored in ``z``'s dtype.
 
-    Parameters
-    ----------
-    made : nn.MADE with ``n_params = 3K - 1``
-    z : ndarray (N, D)
-    n_bins : int, K;  options : (bound, min_width, min_height, min_derivative)
-
-    Returns
-    -------
-    x : ndarray (N, D);  logdet : ndarray (N,)
+    Arguments and results (z (N, D) -> x (N, D), logdet (N,)) as the reference's.
     """
     bound, min_width, min_height, min_derivative = (float(v) for v in options)
     shift = float(np.log(np.expm1(1 - min_derivative)))  # softplus(0 + shift) = 1 - m_d
-    spline = (int(n_bins), bound, min_width, min_height, min_derivative, shift)
-    return _run_kernel(_spline_ar_inverse_kernel, made, z, spline, tile, align, threads)
+    spline = np.array([n_bins, bound, min_width, min_height, min_derivative, shift])
+    return _run_kernel(made, z, z.dtype.type(0), spline, tile, align, threads)
 
 
 @njit(cache=True)
@@ -403,13 +417,16 @@ def _knot_derivative(theta, K, k, min_derivative, shift):
 
 
 @njit(cache=True)
-def _rq_inverse_point(y, theta, K, bound, min_width, min_height, min_derivative, shift, xk,
-                      yk):
+def _rq_inverse_point(y, theta, spline, xk, yk):
     r"""x = g^{-1}(y) and log (g^{-1})'(y) for one point, its spline's 3K - 1 parameters in
-    ``theta`` (uw, uh, ud); ``xk``, ``yk`` (K + 1,) are scratch. The module docstring of
+    ``theta`` (uw, uh, ud), its options in ``spline`` = (K, B, m_w, m_h, m_d, shift);
+    ``xk``, ``yk`` (K + 1,) are scratch. The module docstring of
     ``bijectors.spline`` has the formulas: the bin k of y among the y-knots, xi the root in
     [0, 1] of a xi^2 + b xi + c = 0 in the form 2c / (-b - sqrt(b^2 - 4ac)) (no
     cancellation), log-det -log g'(x). Outside [-B, B]: the identity (linear tails)."""
+    K = int(spline[0])
+    bound, min_width, min_height = spline[1], spline[2], spline[3]
+    min_derivative, shift = spline[4], spline[5]
     if y < -bound or y > bound:
         return y, 0.0
     _knots(theta, 0, K, bound, min_width, xk)
@@ -434,36 +451,3 @@ def _rq_inverse_point(y, theta, K, bound, min_width, min_height, min_derivative,
     Q = d1 * xi * xi + 2 * s * theta_xi + d0 * (1 - xi) * (1 - xi)
     Dn = s + delta * theta_xi
     return x0 + xi * W, -(2 * np.log(s) + np.log(Q) - 2 * np.log(Dn))
-
-
-@njit(cache=True, parallel=True)
-def _spline_ar_inverse_kernel(z, order, sizes, lo, w, w_off, b, b_off, act, leak, K, bound,
-                              min_width, min_height, min_derivative, shift, tile, align):
-    n, dim = z.shape
-    n_params = 3 * K - 1
-    x = np.empty_like(z)
-    logdet = np.zeros(n, dtype=z.dtype)
-    u_off, n_units = _unit_offsets(sizes)
-    n_tiles = (n + tile - 1) // tile
-    for it in prange(n_tiles):  # the tiles are independent: one thread each at a time
-        t0 = it * tile
-        rows = min(tile, n - t0)
-        buf = _tile_buffer(z, rows, sizes, u_off, n_units, b, b_off)
-        out = u_off[-1] * rows
-        xk = np.empty(K + 1)
-        yk = np.empty(K + 1)
-        for k in range(dim):
-            i = order[k]
-            # its spline's parameters are final: every unit they see has degree < k + 1
-            for t in range(rows):
-                at = out + (t * dim + k) * n_params
-                x_i, logdet_i = _rq_inverse_point(
-                    np.float64(z[t0 + t, i]), buf[at:at + n_params], K, bound, min_width,
-                    min_height, min_derivative, shift, xk, yk)
-                x[t0 + t, i] = x_i
-                logdet[t0 + t] += logdet_i
-                buf[t * dim + k] = x[t0 + t, i]
-            if k == dim - 1:
-                break
-            _feed_degree(buf, k, rows, sizes, lo, u_off, w, w_off, act, leak, align)
-    return x, logdet

@@ -62,15 +62,12 @@ class SplineAutoregressive(Bijector):
 
     Parameters
     ----------
-    dim : int, D >= 2
-    hidden : sequence of int, the MADE's hidden layers (each >= D - 1 units)
-    order : "natural", "reversed" or a permutation of 0..D-1: the order of the features
-    activation : {"relu", "leaky_relu", "tanh"}
+    dim, hidden, order, activation, use_kernel : as ``MAF``'s (D >= 2 features; the MADE's
+        hidden layers, each >= D - 1 units; the order; the kernel or the NumPy loop)
     n_bins : int, K >= 2;  bound : float, B > 0
     min_width, min_height, min_derivative : float, the splines' minimum bin width and height
         (fractions of 2B; K of them must fit) and knot derivative (``bijectors.spline``)
     zero_init : bool, start the MADE's output layer at zero (every spline the identity)
-    use_kernel : bool, the Numba kernel (True) or the NumPy reference loop for the inverse
 
     References
     ----------
