@@ -7,10 +7,10 @@ solve for the features one at a time, in the MADE's order,
     x_{p_k} = z_{p_k} * exp(alpha_{p_k}(x)) + mu_{p_k}(x),   k = 0, ..., D-1,
 
 where ``mu_{p_k}`` and ``alpha_{p_k}`` depend only on ``x_{p_0}, ..., x_{p_{k-1}}``, already known;
-and ``SplineAutoregressive``'s inverse, the same loop with ``x_{p_k} = g^{-1}(z_{p_k}; theta_{p_k}(x))``
-a rational-quadratic spline's inverse (``spline_ar_inverse`` beside
-``spline_ar_inverse_reference``). Both run in one kernel (``_autoregressive_kernel``): only the
-step that solves for one feature differs.
+and ``SplineAutoregressive``'s inverse, the same loop with
+``x_{p_k} = g^{-1}(z_{p_k}; theta_{p_k}(x))``, a rational-quadratic spline's inverse
+(``spline_ar_inverse`` beside ``spline_ar_inverse_reference``). Both run in one kernel
+(``_autoregressive_kernel``): only the step that solves for one feature differs.
 
 ``maf_inverse_reference`` is the textbook loop: D full MADE passes (D times the cost of
 one). ``maf_inverse`` computes the same numbers in about the cost of ONE pass:

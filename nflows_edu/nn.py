@@ -275,7 +275,8 @@ class MADE(Sequential):
 
     Degrees (Germain et al. 2015): inputs m(x_i) in 1..D (``input_degrees``); hidden units
     m(h_j) in 1..D-1 (``hidden_degrees``, spread evenly); outputs mu_i and alpha_i (every
-    output of feature i) get the degree of x_i. Masks, with "->" a weight from a unit of the row layer to the column layer:
+    output of feature i) get the degree of x_i. Masks, with "->" a weight from a unit of the
+    row layer to the column layer:
 
         input -> hidden, hidden -> hidden:  M[a, b] = [m(b) >= m(a)]
         hidden -> output (or input -> output when there is no hidden layer):
