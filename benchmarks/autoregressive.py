@@ -1,13 +1,16 @@
-r"""Sequential versus parallel directions of MAF and IAF, as a user waits for them.
+r"""Sequential versus parallel directions of MAF, IAF and the autoregressive spline flow, as a
+user waits for them.
 
 For ``maf(D, n_layers=5, hidden=(256, 256))`` and N = 1024 examples, in float32 and float64:
 
 * MAF: time(sample) / time(log_prob)  -- sampling is the sequential direction
 * IAF: time(log_prob) / time(sample)  -- the density of a given point is the sequential one
 
-at D = 16 and D = 64. Target: <= 2 at D = 64 (two PyTorch libraries needed 53x and 71x on a
-2-core CPU: their sampling redoes the network D times). The sequential direction runs the
-Numba kernel ``nflows_edu.kernels.maf_inverse``, whose tiles of examples run on as many
+at D = 16 and D = 64; and for ``nsf_ar(64)`` (its defaults: 5 layers, hidden (64, 64), 8
+bins on [-4, 4]) time(sample) / time(log_prob). Target: <= 2 at D = 64 (two PyTorch
+libraries needed 53x and 71x on a 2-core CPU: their sampling redoes the network D times).
+The sequential direction runs the Numba kernel ``nflows_edu.kernels.maf_inverse`` (nsf_ar:
+``spline_ar_inverse``, built the same way), whose tiles of examples run on as many
 threads as BLAS uses for the parallel direction's products; ``--reference`` also times the
 plain NumPy loop (D full MADE passes) for comparison.
 
@@ -24,6 +27,7 @@ On a shared machine the wall times, and with them the ratios, move with the othe
 load: run it twice, or with ``--threads 1`` beside other work.
 
 Run:  python benchmarks/autoregressive.py [--repeats 9] [--threads N] [--reference]
+                                          [--models maf,iaf,nsf_ar]
 """
 import argparse
 import json
@@ -45,12 +49,16 @@ N_LAYERS = 5
 HIDDEN = (256, 256)
 CASES = [(name, dtype, dim) for name in ("maf", "iaf") for dtype in ("float32", "float64")
          for dim in (16, 64)]
+CASES += [("nsf_ar", dtype, 64) for dtype in ("float32", "float64")]
+# the models whose sampling is the sequential direction (IAF's is its density)
+SEQUENTIAL_SAMPLING = ("maf", "nsf_ar")
 
 
 def build(name, dim, dtype, seed=0):
     from nflows_edu import models
     rng = np.random.default_rng(seed)
-    flow = models.MODELS[name](dim, n_layers=N_LAYERS, hidden=HIDDEN, rng=rng, dtype=dtype)
+    sizes = {} if name == "nsf_ar" else dict(n_layers=N_LAYERS, hidden=HIDDEN)  # its defaults
+    flow = models.MODELS[name](dim, **sizes, rng=rng, dtype=dtype)
     for _, p, _ in flow.parameters():  # away from the identity start: realistic values
         p += (0.05 * rng.standard_normal(p.shape)).astype(dtype)
     return flow
@@ -80,7 +88,7 @@ def worker(name, dtype, dim, repeats, threads, reference):
         x = flow.sample(N, rng)
         first_sample = time.perf_counter() - w0
         first_density = timed(lambda: flow.log_prob(x))[0]
-        if name == "maf":  # parallel: density; sequential: sampling
+        if name in SEQUENTIAL_SAMPLING:  # parallel: density; sequential: sampling
             parallel = lambda: flow.log_prob(x)  # noqa: E731
             sequential = lambda: flow.sample(N, rng)  # noqa: E731
             first_par, first_seq = first_density, first_sample
@@ -95,7 +103,7 @@ def worker(name, dtype, dim, repeats, threads, reference):
         out = {k: np.median(np.array(v), axis=0).tolist() for k, v in rows.items()}
         out.update(first_parallel=first_par, first_sequential=first_seq,
                    blas_threads=nf_threads.blas_thread_count())
-        if reference and name == "maf":
+        if reference and name in SEQUENTIAL_SAMPLING:
             for layer in flow.bijector.layers:
                 layer.use_kernel = False
             out["reference"] = timed(sequential)
@@ -108,7 +116,10 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None,
                         help="limit BLAS (and so the kernel) to this many threads")
     parser.add_argument("--reference", action="store_true",
-                        help="also time MAF sampling with the NumPy reference loop (slow)")
+                        help="also time MAF's and nsf_ar's sampling with the NumPy reference "
+                             "loop (slow)")
+    parser.add_argument("--models", default="maf,iaf,nsf_ar",
+                        help="comma-separated models to time (default: all three)")
     parser.add_argument("--worker", nargs=3, metavar=("MODEL", "DTYPE", "D"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -119,16 +130,21 @@ def main(argv=None):
     from nflows_edu import kernels
     from nflows_edu.threads import blas_info
     print(blas_info())
-    print(f"maf/iaf(D, n_layers={N_LAYERS}, hidden={HIDDEN}), N = {N}; each row a fresh process; "
+    chosen = args.models.split(",")
+    unknown = sorted(set(chosen) - {name for name, _, _ in CASES})
+    if unknown:
+        parser.error(f"--models: unknown {', '.join(unknown)}; expected maf, iaf or nsf_ar")
+    print(f"maf/iaf(D, n_layers={N_LAYERS}, hidden={HIDDEN}), nsf_ar(D) (its defaults), "
+          f"N = {N}; each row a fresh process; "
           f"median of {args.repeats} calls; threads: "
           + (f"{args.threads} (BLAS and kernel)" if args.threads else "the library's default"))
-    head = (f"{'model':5s} {'dtype':8s} {'D':>3s} | {'wall ms: parallel':>17s} {'sequential':>10s} "
+    head = (f"{'model':6s} {'dtype':8s} {'D':>3s} | {'wall ms: parallel':>17s} {'sequential':>10s} "
             f"{'ratio':>5s} | {'CPU ms: parallel':>16s} {'sequential':>10s} {'ratio':>5s} | "
             f"{'first calls s':>13s} {'threads':>7s}")
     if args.reference:
         head += f" | {'NumPy loop ms':>13s} {'ratio':>5s}"
     print(head)
-    for name, dtype, dim in CASES:
+    for name, dtype, dim in [case for case in CASES if case[0] in chosen]:
         cmd = [sys.executable, __file__, "--worker", name, dtype, str(dim),
                "--repeats", str(args.repeats)]
         cmd += ["--threads", str(args.threads)] if args.threads else []
@@ -138,7 +154,7 @@ def main(argv=None):
             sys.exit(f"{name} {dtype} D={dim} failed:\n{done.stderr}")
         r = json.loads(done.stdout.strip().splitlines()[-1])
         (wp, cp), (ws, cs) = r["parallel"], r["sequential"]
-        line = (f"{name:5s} {dtype:8s} {dim:3d} | {1e3 * wp:17.2f} {1e3 * ws:10.2f} {ws / wp:5.2f} | "
+        line = (f"{name:6s} {dtype:8s} {dim:3d} | {1e3 * wp:17.2f} {1e3 * ws:10.2f} {ws / wp:5.2f} | "
                 f"{1e3 * cp:16.2f} {1e3 * cs:10.2f} {cs / cp:5.2f} | "
                 f"{r['first_parallel']:6.2f} {r['first_sequential']:6.2f} {r['blas_threads']:7d}")
         if args.reference and "reference" in r:

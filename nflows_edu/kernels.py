@@ -6,7 +6,11 @@ solve for the features one at a time, in the MADE's order,
 
     x_{p_k} = z_{p_k} * exp(alpha_{p_k}(x)) + mu_{p_k}(x),   k = 0, ..., D-1,
 
-where ``mu_{p_k}`` and ``alpha_{p_k}`` depend only on ``x_{p_0}, ..., x_{p_{k-1}}``, already known.
+where ``mu_{p_k}`` and ``alpha_{p_k}`` depend only on ``x_{p_0}, ..., x_{p_{k-1}}``, already known;
+and ``SplineAutoregressive``'s inverse, the same loop with
+``x_{p_k} = g^{-1}(z_{p_k}; theta_{p_k}(x))``, a rational-quadratic spline's inverse
+(``spline_ar_inverse`` beside ``spline_ar_inverse_reference``). Both run in one kernel
+(``_autoregressive_kernel``): only the step that solves for one feature differs.
 
 ``maf_inverse_reference`` is the textbook loop: D full MADE passes (D times the cost of
 one). ``maf_inverse`` computes the same numbers in about the cost of ONE pass:
@@ -89,8 +93,9 @@ def _pack(made, dtype):
 
     Inputs are put in generation order (row k of the first matrix is feature ``order[k]``),
     hidden units sorted by degree (a stable sort: ``MADE``'s degrees are sorted already, so
-    this is the identity there), outputs as pairs (mu, alpha) in generation order (so the
-    outputs of generation rank >= r are one block of columns, 2 r .. 2 D - 1). ``lo[l, d]``
+    this is the identity there), outputs as groups of the P = ``made.n_params`` numbers of a
+    feature (pairs (mu, alpha) for MAF) in generation order (so the outputs of generation
+    rank >= r are one block of columns, P r .. P D - 1). ``lo[l, d]``
     is the number of units of layer l with degree < d, so the units of degree d are
     ``lo[l, d]:lo[l, d + 1]``.
     """
@@ -98,7 +103,7 @@ def _pack(made, dtype):
     degrees = made.degrees
     perms = [made.order]
     perms += [np.argsort(deg, kind="stable") for deg in degrees[1:-1]]
-    perms.append(np.stack([made.order, dim + made.order], axis=1).ravel())
+    perms.append(np.stack([p * dim + made.order for p in range(made.n_params)], axis=1).ravel())
     sizes = np.array([deg.size for deg in degrees], dtype=np.int64)
     lo = np.zeros((len(degrees), dim + 1), dtype=np.int64)
     for layer, deg in enumerate(degrees[1:-1], start=1):
@@ -134,23 +139,30 @@ def maf_inverse(made, z, s_max, tile=TILE, align=None, threads=None):
 
     Returns ``(x (N, D), logdet (N,))``.
     """
+    # the scalars in z's dtype: a Python float would make every float32 tanh and exp in the
+    # kernel a float64 one
+    return _run_kernel(made, z, z.dtype.type(s_max), np.empty(0), tile, align, threads)
+
+
+def _run_kernel(made, z, s_max, spline, tile, align, threads):
+    r"""Pack ``made`` (``_pack``), set the threads and call ``_autoregressive_kernel`` (MAF's
+    step with ``s_max`` if ``spline`` is empty, else the spline's with those options);
+    ``maf_inverse`` explains ``tile``, ``align`` and ``threads``."""
     z = np.ascontiguousarray(z)
     acts = [layer for layer in made.layers if not isinstance(layer, MaskedLinear)]
     act = _ACT_CODES[type(acts[0])] if acts else 0
     leak = acts[0].alpha if acts and isinstance(acts[0], LeakyReLU) else 0.0
     align = 64 // z.dtype.itemsize if align is None else int(align)
     sizes, lo, w, w_off, b, b_off = _pack(made, z.dtype)
-    # the scalars in z's dtype: a Python float would make every float32 tanh and exp in the
-    # kernel a float64 one
-    scalar = z.dtype.type
     n_tiles = -(-z.shape[0] // int(tile))
     threads = blas_thread_count() if threads is None else int(threads)
     threads = max(1, min(threads, n_tiles, numba.config.NUMBA_NUM_THREADS))
     before = numba.get_num_threads()
     numba.set_num_threads(threads)
     try:
-        return _maf_inverse_kernel(z, made.order.astype(np.int64), sizes, lo, w, w_off, b,
-                                   b_off, act, scalar(leak), scalar(s_max), int(tile), align)
+        return _autoregressive_kernel(z, made.order.astype(np.int64), sizes, lo, w, w_off, b,
+                                      b_off, act, z.dtype.type(leak), s_max, spline, int(tile),
+                                      align)
     finally:
         numba.set_num_threads(before)
 
@@ -214,69 +226,228 @@ def _feed(buf, src, src_width, j0, j1, dst, width, c0, c1, rows, w, w_base):
             j += 1
 
 
+@njit(cache=True)
+def _unit_offsets(sizes):
+    """Offsets of each layer's units inside one tile's buffer (the input layer first), and
+    the number of units in all."""
+    u_off = np.zeros(sizes.shape[0], dtype=np.int64)
+    for layer in range(1, sizes.shape[0]):
+        u_off[layer] = u_off[layer - 1] + sizes[layer - 1]
+    return u_off, u_off[-1] + sizes[-1]
+
+
+@njit(cache=True)
+def _tile_buffer(z, rows, sizes, u_off, n_units, b, b_off):
+    """One tile's buffer: per layer a (rows, width) block: the inputs in generation order,
+    then the pre-activations of every later layer (activated in place once final), started
+    at the biases b."""
+    buf = np.zeros(rows * n_units, dtype=z.dtype)
+    for layer in range(1, sizes.shape[0]):
+        width = sizes[layer]
+        base = u_off[layer] * rows
+        for t in range(rows):
+            for c in range(width):
+                buf[base + t * width + c] = b[b_off[layer - 1] + c]
+    return buf
+
+
+@njit(cache=True)
+def _feed_degree(buf, k, rows, sizes, lo, u_off, w, w_off, act, leak, align):
+    r"""Once input k (the k-th feature of the order, degree d = k + 1) is in ``buf``: the units
+    of degree d, layer by layer: the input k, then every hidden unit of degree d (final now:
+    all its inputs have degree <= d). Each feeds the units of degree >= d of the next hidden
+    layer, or the outputs of degree > d (the outputs of generation rank r >= d, P of them
+    per feature), a contiguous block of columns. The block is started at a multiple of
+    ``align`` columns: the few columns added in front are units of lower degree, whose
+    masked weights are exactly 0, so they get +0."""
+    d = k + 1
+    out_layer = sizes.shape[0] - 1
+    n_out = sizes[out_layer]
+    n_params = n_out // sizes[0]  # P outputs per feature
+    for layer in range(out_layer):
+        j0 = k if layer == 0 else lo[layer, d]
+        j1 = k + 1 if layer == 0 else lo[layer, d + 1]
+        width = sizes[layer]
+        src = u_off[layer] * rows
+        if layer > 0:
+            for t in range(rows):
+                for j in range(j0, j1):
+                    a = src + t * width + j
+                    buf[a] = _activate(buf[a], act, leak)
+        nxt = layer + 1
+        if nxt == out_layer:
+            c0 = n_params * d - (n_params * d) % align
+            _feed(buf, src, width, j0, j1, u_off[nxt] * rows, n_out, c0, n_out, rows, w,
+                  w_off[layer])
+        else:
+            c0 = lo[nxt, d] - lo[nxt, d] % align
+            _feed(buf, src, width, j0, j1, u_off[nxt] * rows, sizes[nxt], c0, sizes[nxt],
+                  rows, w, w_off[layer])
+
+
 @njit(cache=True, parallel=True)
-def _maf_inverse_kernel(z, order, sizes, lo, w, w_off, b, b_off, act, leak, s_max, tile, align):
+def _autoregressive_kernel(z, order, sizes, lo, w, w_off, b, b_off, act, leak, s_max, spline,
+                           tile, align):
+    r"""The sequential inverse of an autoregressive layer, tile by tile: feature by feature in
+    the order, solve for x_i from z_i and the P numbers theta_i of feature i (final once the
+    features before i are in), then feed the new units forward (``_feed_degree``).
+
+    The step is MAF's affine one, ``x_i = z_i exp(alpha_i) + mu_i`` with theta_i = (mu_i, r_i)
+    and alpha_i = s_max tanh(r_i / s_max), when ``spline`` is empty; else the spline's
+    inverse (``_rq_inverse_point``), with ``spline`` = (K, B, m_w, m_h, m_d, shift).
+    """
     n, dim = z.shape
-    n_layers = sizes.shape[0]  # input, hidden layers, output
-    out_layer = n_layers - 1
+    n_params = sizes[-1] // dim
     x = np.empty_like(z)
     logdet = np.zeros(n, dtype=z.dtype)
-    # offsets of each layer's units inside one tile's buffer (the input layer first)
-    u_off = np.zeros(n_layers, dtype=np.int64)
-    for layer in range(1, n_layers):
-        u_off[layer] = u_off[layer - 1] + sizes[layer - 1]
-    n_units = u_off[out_layer] + sizes[out_layer]
+    u_off, n_units = _unit_offsets(sizes)
     n_tiles = (n + tile - 1) // tile
+    n_knots = int(spline[0]) + 1 if spline.size else 0
     for it in prange(n_tiles):  # the tiles are independent: one thread each at a time
         t0 = it * tile
         rows = min(tile, n - t0)
-        # buf holds, per layer, a (rows, width) block: the inputs in generation order, then
-        # the pre-activations of every later layer (activated in place once final), from b
-        buf = np.zeros(rows * n_units, dtype=z.dtype)
-        for layer in range(1, n_layers):
-            width = sizes[layer]
-            base = u_off[layer] * rows
-            for t in range(rows):
-                for c in range(width):
-                    buf[base + t * width + c] = b[b_off[layer - 1] + c]
-        out = u_off[out_layer] * rows
+        buf = _tile_buffer(z, rows, sizes, u_off, n_units, b, b_off)
+        out = u_off[-1] * rows
+        xk = np.empty(n_knots)  # the spline's knots (scratch)
+        yk = np.empty(n_knots)
         for k in range(dim):
-            d = k + 1  # the degree of the feature solved now
             i = order[k]
-            # its mu and alpha are final: every unit they see has degree < d
+            # its parameters are final: every unit they see has degree < k + 1
             for t in range(rows):
-                mu = buf[out + t * 2 * dim + 2 * k]
-                alpha = s_max * np.tanh(buf[out + t * 2 * dim + 2 * k + 1] / s_max)
-                xi = z[t0 + t, i] * np.exp(alpha) + mu
-                x[t0 + t, i] = xi
-                logdet[t0 + t] += alpha
-                buf[t * dim + k] = xi
+                at = out + (t * dim + k) * n_params
+                if spline.size == 0:
+                    alpha = s_max * np.tanh(buf[at + 1] / s_max)
+                    x[t0 + t, i] = z[t0 + t, i] * np.exp(alpha) + buf[at]
+                    logdet[t0 + t] += alpha
+                else:
+                    x_i, logdet_i = _rq_inverse_point(np.float64(z[t0 + t, i]),
+                                                      buf[at:at + n_params], spline, xk, yk)
+                    x[t0 + t, i] = x_i
+                    logdet[t0 + t] += logdet_i
+                buf[t * dim + k] = x[t0 + t, i]
             if k == dim - 1:
                 break
-            # units of degree d, layer by layer: the input k, then every hidden unit of
-            # degree d (final now: all its inputs have degree <= d). Each feeds the units of
-            # degree >= d of the next hidden layer, or the outputs of degree > d (the
-            # outputs of generation rank r >= d), a contiguous block of columns. The block
-            # is started at a multiple of ``align`` columns: the few columns added in front
-            # are units of lower degree, whose masked weights are exactly 0, so they get +0.
-            for layer in range(out_layer):
-                j0 = k if layer == 0 else lo[layer, d]
-                j1 = k + 1 if layer == 0 else lo[layer, d + 1]
-                width = sizes[layer]
-                src = u_off[layer] * rows
-                if layer > 0:
-                    for t in range(rows):
-                        for j in range(j0, j1):
-                            a = src + t * width + j
-                            buf[a] = _activate(buf[a], act, leak)
-                nxt = layer + 1
-                dst = u_off[nxt] * rows
-                if nxt == out_layer:
-                    c0 = 2 * d - (2 * d) % align
-                    _feed(buf, src, width, j0, j1, out, 2 * dim, c0, 2 * dim, rows, w,
-                          w_off[layer])
-                else:
-                    c0 = lo[nxt, d] - lo[nxt, d] % align
-                    _feed(buf, src, width, j0, j1, dst, sizes[nxt], c0, sizes[nxt],
-                          rows, w, w_off[layer])
+            _feed_degree(buf, k, rows, sizes, lo, u_off, w, w_off, act, leak, align)
     return x, logdet
+
+
+# ------------------------------------------------------- autoregressive rational-quadratic spline
+def spline_ar_inverse_reference(made, z, n_bins, options):
+    r"""``SplineAutoregressive``'s inverse by the definition: D full MADE passes.
+
+    For k = 0..D-1, with i = p_k the k-th feature of ``made.order``:
+
+        theta = MADE(x)         (x_i = 0 for the features not solved yet: the masks make
+                                 feature i's spline parameters ignore them)
+        x_i, logdet_i = rq_inverse(z_i; uw_i, uh_i, ud_i)   (the spline's inverse)
+        logdet += logdet_i
+
+    Parameters
+    ----------
+    made : nn.MADE with ``n_params = 3K - 1``
+    z : ndarray (N, D)
+    n_bins : int, K;  options : (bound, min_width, min_height, min_derivative)
+
+    Returns
+    -------
+    x : ndarray (N, D);  logdet : ndarray (N,), log|det dx/dz| = -sum_i log g_i'(x_i)
+    """
+    from .bijectors.spline import rq_inverse  # here: bijectors imports this module
+    from .bijectors.spline_autoregressive import split_spline_params
+
+    n, dim = z.shape
+    x = np.zeros_like(z)
+    logdet = np.zeros(n, dtype=z.dtype)
+    for i in made.order:
+        theta, _ = made._forward(x)
+        uw, uh, ud = split_spline_params(theta, dim, n_bins)
+        one = slice(i, i + 1)
+        x_i, logdet_i, _ = rq_inverse(z[:, one], uw[:, one], uh[:, one], ud[:, one], *options)
+        x[:, i] = x_i[:, 0]
+        logdet += logdet_i[:, 0]
+    return x, logdet
+
+
+def spline_ar_inverse(made, z, n_bins, options, tile=TILE, align=None, threads=None):
+    r"""``SplineAutoregressive``'s inverse in about the cost of one MADE pass (Numba), as
+    ``maf_inverse`` does it for MAF (the same packing, tiles, threads and ``align``), with
+    the spline's inverse evaluated in the kernel (``_rq_inverse_point``): the same numbers as
+    ``spline_ar_inverse_reference`` up to round-off.
+
+    The MADE runs in ``z``'s dtype (float32 or float64); the spline of each point is
+    evaluated in float64 and its result stored in ``z``'s dtype.
+
+    Arguments and results (z (N, D) -> x (N, D), logdet (N,)) as the reference's.
+    """
+    bound, min_width, min_height, min_derivative = (float(v) for v in options)
+    shift = float(np.log(np.expm1(1 - min_derivative)))  # softplus(0 + shift) = 1 - m_d
+    spline = np.array([n_bins, bound, min_width, min_height, min_derivative, shift])
+    return _run_kernel(made, z, z.dtype.type(0), spline, tile, align, threads)
+
+
+@njit(cache=True)
+def _knots(theta, first, K, bound, minimum, knots):
+    r"""Fill ``knots`` (K + 1,) from the unnormalised sizes ``theta[first:first + K]``:
+
+        q = softmax(u);   w = m + (1 - K m) q;   knots_j = -B + 2B (w_0 + ... + w_{j-1})
+
+    with knots_0 = -B and knots_K = B exactly (``bijectors.spline.spline_knots``)."""
+    top = np.float64(theta[first])
+    for j in range(1, K):
+        top = max(top, np.float64(theta[first + j]))
+    total = 0.0
+    for j in range(K):
+        total += np.exp(np.float64(theta[first + j]) - top)
+    knots[0] = -bound
+    cumulative = 0.0
+    for j in range(K - 1):
+        q = np.exp(np.float64(theta[first + j]) - top) / total
+        cumulative += minimum + (1 - K * minimum) * q
+        knots[j + 1] = -bound + 2 * bound * cumulative
+    knots[K] = bound
+
+
+@njit(cache=True)
+def _knot_derivative(theta, K, k, min_derivative, shift):
+    """d_k: 1 at the ends (k = 0 or K), else m_d + softplus(ud_{k-1} + shift)."""
+    if k == 0 or k == K:
+        return 1.0
+    u = np.float64(theta[2 * K + k - 1]) + shift
+    return min_derivative + max(u, 0.0) + np.log1p(np.exp(-abs(u)))  # softplus, stable
+
+
+@njit(cache=True)
+def _rq_inverse_point(y, theta, spline, xk, yk):
+    r"""x = g^{-1}(y) and log (g^{-1})'(y) for one point, its spline's 3K - 1 parameters in
+    ``theta`` (uw, uh, ud), its options in ``spline`` = (K, B, m_w, m_h, m_d, shift);
+    ``xk``, ``yk`` (K + 1,) are scratch. The module docstring of
+    ``bijectors.spline`` has the formulas: the bin k of y among the y-knots, xi the root in
+    [0, 1] of a xi^2 + b xi + c = 0 in the form 2c / (-b - sqrt(b^2 - 4ac)) (no
+    cancellation), log-det -log g'(x). Outside [-B, B]: the identity (linear tails)."""
+    K = int(spline[0])
+    bound, min_width, min_height = spline[1], spline[2], spline[3]
+    min_derivative, shift = spline[4], spline[5]
+    if y < -bound or y > bound:
+        return y, 0.0
+    _knots(theta, 0, K, bound, min_width, xk)
+    _knots(theta, K, K, bound, min_height, yk)
+    k = 0
+    for j in range(1, K):  # the number of interior knots <= y (a knot y_k is in bin k)
+        if y >= yk[j]:
+            k += 1
+    x0, W = xk[k], xk[k + 1] - xk[k]
+    y0, H = yk[k], yk[k + 1] - yk[k]
+    d0 = _knot_derivative(theta, K, k, min_derivative, shift)
+    d1 = _knot_derivative(theta, K, k + 1, min_derivative, shift)
+    s = H / W
+    dy = y - y0
+    delta = d1 + d0 - 2 * s
+    a = H * (s - d0) + dy * delta
+    b = H * d0 - dy * delta
+    c = -s * dy
+    xi = 2 * c / (-b - np.sqrt(max(b * b - 4 * a * c, 0.0)))
+    xi = min(max(xi, 0.0), 1.0)
+    theta_xi = xi * (1 - xi)
+    Q = d1 * xi * xi + 2 * s * theta_xi + d0 * (1 - xi) * (1 - xi)
+    Dn = s + delta * theta_xi
+    return x0 + xi * W, -(2 * np.log(s) + np.log(Q) - 2 * np.log(Dn))

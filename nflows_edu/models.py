@@ -91,6 +91,33 @@ def nsf(dim, n_layers=8, hidden=(64, 64), activation="relu", n_bins=8, bound=4.0
     return Flow(Chain(layers), StandardNormal(dim, dtype), config)
 
 
+def nsf_ar(dim, n_layers=5, hidden=(64, 64), activation="relu", n_bins=8, bound=4.0, rng=None,
+           dtype=np.float64):
+    r"""Neural spline flow, autoregressive version (Durkan, Bekasov, Murray, Papamakarios 2019,
+    arXiv:1906.04032, section 3.3): ``n_layers`` ``bijectors.SplineAutoregressive`` layers
+    (a MADE giving every feature's rational-quadratic spline, ``n_bins`` bins on
+    ``[-bound, bound]``, the identity outside) whose order alternates between natural and
+    reversed, as in ``maf``; standard normal prior. Each MADE's output layer starts at zero,
+    so the untrained flow is the identity.
+
+    Density (forward) is one MADE pass per layer; sampling (inverse) is sequential over the
+    features, done by the Numba kernel ``kernels.spline_ar_inverse``.
+    """
+    from .bijectors.spline_autoregressive import SplineAutoregressive
+    if int(dim) != dim or dim < 2:
+        raise ValueError(f"nsf_ar: expected dim >= 2, got {dim!r}")
+    dim = int(dim)
+    n_layers = _check_layers(n_layers, "nsf_ar")
+    rng = np.random.default_rng() if rng is None else rng
+    layers = [SplineAutoregressive(dim, hidden, ("natural", "reversed")[k % 2], activation,
+                                   n_bins, bound, rng=rng, dtype=dtype)
+              for k in range(n_layers)]
+    config = dict(model="nsf_ar", dim=dim, n_layers=n_layers, hidden=list(hidden),
+                  activation=activation, n_bins=int(n_bins), bound=float(bound),
+                  dtype=np.dtype(dtype).name)
+    return Flow(Chain(layers), StandardNormal(dim, dtype), config)
+
+
 def _autoregressive(cls, name, dim, n_layers, hidden, activation, s_max, batch_norm,
                     pixel_levels, logit_alpha, rng, dtype):
     if int(dim) != dim or dim < 2:
@@ -346,8 +373,8 @@ def realnvp_image(shape=(1, 8, 8), scales=2, hidden=32, n_blocks=2, net="resnet"
 
 
 MODELS = {"nice": nice, "realnvp": realnvp, "maf": maf, "iaf": iaf, "planar": planar,
-          "radial": radial, "nsf": nsf, "iresnet": iresnet, "resflow": resflow, "impflow": impflow,
-          "glow": glow, "realnvp_image": realnvp_image}
+          "radial": radial, "nsf": nsf, "nsf_ar": nsf_ar, "iresnet": iresnet,
+          "resflow": resflow, "impflow": impflow, "glow": glow, "realnvp_image": realnvp_image}
 IMAGE_MODELS = ("glow", "realnvp_image")  # built from shape=(C, H, W), not dim
 
 

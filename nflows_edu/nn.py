@@ -269,12 +269,14 @@ class MaskedLinear(Module):
 
 
 class MADE(Sequential):
-    r"""Masked autoencoder for distribution estimation: outputs ``(mu, alpha)`` per feature,
-    each depending only on the features that come before it in the order.
+    r"""Masked autoencoder for distribution estimation: outputs ``(mu, alpha)`` per feature
+    (or ``n_params`` numbers per feature), each depending only on the features that come
+    before it in the order.
 
     Degrees (Germain et al. 2015): inputs m(x_i) in 1..D (``input_degrees``); hidden units
-    m(h_j) in 1..D-1 (``hidden_degrees``, spread evenly); outputs mu_i and alpha_i get the
-    degree of x_i. Masks, with "->" a weight from a unit of the row layer to the column layer:
+    m(h_j) in 1..D-1 (``hidden_degrees``, spread evenly); outputs mu_i and alpha_i (every
+    output of feature i) get the degree of x_i. Masks, with "->" a weight from a unit of the
+    row layer to the column layer:
 
         input -> hidden, hidden -> hidden:  M[a, b] = [m(b) >= m(a)]
         hidden -> output (or input -> output when there is no hidden layer):
@@ -297,27 +299,35 @@ class MADE(Sequential):
     activation : {"relu", "leaky_relu", "tanh"}
     zero_last : bool
         Start the output layer at zero, so mu = alpha = 0 (a MAF layer is then the identity).
+    n_params : int
+        Outputs per feature, P >= 1 (default 2: mu and alpha). Output ``p * D + i`` is the
+        p-th number of feature i: ``out.reshape(N, P, D)[:, p, i]`` (a spline
+        autoregressive layer takes P = 3K - 1).
 
-    Shapes: x (N, D) -> out (N, 2 D).
+    Shapes: x (N, D) -> out (N, P D), P = ``n_params``.
 
     References: Germain, Gregor, Murray, Larochelle (2015), "MADE: Masked Autoencoder for
     Distribution Estimation", arXiv:1502.03509
     """
 
     def __init__(self, dim, hidden=(64, 64), order="natural", activation="relu",
-                 zero_last=False, rng=None, dtype=np.float64):
+                 zero_last=False, rng=None, dtype=np.float64, n_params=2):
         super().__init__()
         if int(dim) != dim or dim < 2:
             raise ValueError(f"MADE: expected dim >= 2, got {dim!r}")
+        if isinstance(n_params, bool) or int(n_params) != n_params or n_params < 1:
+            raise ValueError(f"MADE: expected n_params >= 1 outputs per feature, got "
+                             f"{n_params!r}")
         rng = np.random.default_rng() if rng is None else rng
         self.dim = dim = int(dim)
         self.hidden = tuple(int(h) for h in hidden)
         self.activation = activation
+        self.n_params = int(n_params)
         in_deg = input_degrees(dim, order)
         self.order = np.argsort(in_deg)  # the features in the order they are generated
-        # degrees[k]: of the units of layer k (inputs, hidden layers, then the 2 D outputs)
+        # degrees[k]: of the units of layer k (inputs, hidden layers, then the P D outputs)
         self.degrees = [in_deg] + [hidden_degrees(dim, h) for h in self.hidden] \
-            + [np.concatenate([in_deg, in_deg])]
+            + [np.tile(in_deg, self.n_params)]
         self.layers = []
         masks = self.masks()
         for k, mask in enumerate(masks):
@@ -346,7 +356,7 @@ class MADE(Sequential):
         return [layer for layer in self.layers if isinstance(layer, MaskedLinear)]
 
     def mask_product(self):
-        r"""Connectivity (D, 2 D): entry [i, j] counts the paths from input x_i to output j
+        r"""Connectivity (D, P D): entry [i, j] counts the paths from input x_i to output j
         through the masks (M_1 @ M_2 @ ... @ M_out). Zero unless m(x_i) < m(out_j)."""
         product = np.eye(self.dim, dtype=np.int64)
         for layer in self.masked_layers:

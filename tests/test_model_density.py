@@ -28,6 +28,8 @@ BUILDERS = {
     "planar": (lambda rng: models.planar(2, n_layers=4, rng=rng), 0.5),
     "radial": (lambda rng: models.radial(2, n_layers=4, rng=rng), 0.5),
     "nsf": (lambda rng: models.nsf(2, n_layers=4, hidden=(32, 32), n_bins=6, rng=rng), 0.2),
+    "nsf_ar": (lambda rng: models.nsf_ar(2, n_layers=4, hidden=(32, 32), n_bins=6, rng=rng),
+               0.2),
     "iresnet": (lambda rng: models.iresnet(2, n_blocks=3, hidden=(16, 16), rng=rng), 0.5),
     "resflow": (lambda rng: models.resflow(2, n_blocks=3, hidden=(16, 16), rng=rng), 0.5),
     "impflow": (lambda rng: models.impflow(2, n_blocks=2, hidden=(16, 16), c=0.9, rng=rng), 0.5),

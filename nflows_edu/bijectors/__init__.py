@@ -13,6 +13,7 @@ from .planar_radial import Planar, Radial
 from .preprocess import Logit, ScaleToUnit, dequantize
 from .reshape import Squeeze, squeeze, unsqueeze
 from .spline import RQSpline, SplineCoupling
+from .spline_autoregressive import SplineAutoregressive
 from .residual import ConvergenceError, ResidualBlock
 
 __all__ = ["AdditiveCoupling", "AffineCoupling", "alternating_mask", "Scaling", "Permutation",
@@ -21,4 +22,5 @@ __all__ = ["AdditiveCoupling", "AffineCoupling", "alternating_mask", "Scaling", 
            "ActNorm", "Invertible1x1Conv", "LUInvertible1x1Conv", "Squeeze",
            "squeeze", "unsqueeze", "ImageAffineCoupling",
            "checkerboard_mask", "channel_mask", "GlowCoupling", "Split", "MultiScale",
-           "glow_levels", "realnvp_levels", "RQSpline", "SplineCoupling"]
+           "glow_levels", "realnvp_levels", "RQSpline", "SplineCoupling",
+           "SplineAutoregressive"]
