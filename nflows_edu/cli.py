@@ -165,8 +165,8 @@ def build_parser():
     tr.add_argument("--out", required=True, metavar="DIR")
     tr.add_argument("--seed", type=seed_int, default=0)
     tr.add_argument("--n-layers", type=positive_int, default=None,
-                    help="coupling layers (default: the model's own, 4 for nice, 8 for realnvp "
-                         "and nsf)")
+                    help="coupling or autoregressive layers (default: the model's own, 4 for "
+                         "nice, 8 for realnvp and nsf, 5 for maf and nsf_ar)")
     tr.add_argument("--hidden", type=hidden_sizes, default=None,
                     help="hidden layer widths of each network: coupling nets, MADEs, residual "
                     "blocks (default 64,64; 64,64,64 for maf)")

@@ -58,6 +58,9 @@ FAMILIES = [
     Family("MAF", lambda d, rng, hidden, dtype: models.maf(
         d, N_LAYERS, hidden, rng=rng, dtype=dtype),
         dict(inference="1", sampling="D", density="1", training="1")),
+    Family("NSF-AR", lambda d, rng, hidden, dtype: models.nsf_ar(
+        d, N_LAYERS, hidden, rng=rng, dtype=dtype),
+        dict(inference="1", sampling="D", density="1", training="1")),
     Family("IAF", lambda d, rng, hidden, dtype: models.iaf(
         d, N_LAYERS, hidden, rng=rng, dtype=dtype),
         dict(inference="D", sampling="1", density="D", training="1"), trains="inverse"),
