@@ -231,7 +231,11 @@ def _write_metrics(out, written, metrics):
     print("wrote:")
     for path in written:
         print(f"  {path}")
-    print(f"wall time: {metrics['seconds']:.1f} s (training {metrics['train_seconds']:.1f} s)")
+    parts = [f"training {metrics['train_seconds']:.1f} s"]
+    parts += [f"{name} {metrics[key]:.1f} s" for name, key in
+              (("evaluation", "eval_seconds"), ("pictures and saving", "pictures_seconds"))
+              if key in metrics]
+    print(f"wall time: {metrics['seconds']:.1f} s ({', '.join(parts)})")
     return metrics
 
 
@@ -290,6 +294,7 @@ def _train_and_report(flow, model, data, x, steps, batch_size, lr, beta2, out, s
         print(f"KL(p || q) = mean of log p(x) - log q(x) = {kl:.4f} +- {kl_se:.4f} nats "
               f"(standard error; entropy H(p) = {entropy:.4f})")
 
+    eval_done = time.perf_counter()
     written = [io.save(flow, model_path, overwrite=True)]
     written += viz.save_pictures(flow, x, out, rng=rng, data_name=data).values()
     ax = viz.plot_loss(history, entropy=entropy)
@@ -301,7 +306,10 @@ def _train_and_report(flow, model, data, x, steps, batch_size, lr, beta2, out, s
     metrics = dict(model=model, data=data, steps=len(history["loss"]), batch_size=batch_size,
                    lr=lr, beta2=beta2, warmup=warmup, seed=seed, test_nll=test_nll, kl=kl,
                    kl_se=kl_se, n_test=len(test), interrupted=history["interrupted"],
-                   train_seconds=round(train_seconds, 3), seconds=round(seconds, 3))
+                   train_seconds=round(train_seconds, 3),
+                   eval_seconds=round(eval_done - start - train_seconds, 3),
+                   pictures_seconds=round(time.perf_counter() - eval_done, 3),
+                   seconds=round(seconds, 3))
     return _write_metrics(out, written, metrics)
 
 

@@ -142,7 +142,7 @@ register("SplineAutoregressive",
          lambda d, r: SplineAutoregressive(d, (max(8, d),) * 2, _order(d, r), "tanh",
                                            n_bins=int(r.integers(2, 6)), bound=2.0, rng=r),
          inputs=_spline_inputs, randomize=_randomize_coupling)
-register("SplineAutoregressive(reference)",
+register("SplineAutoregressive(loop)",
          lambda d, r: SplineAutoregressive(d, (max(6, d),), _order(d, r), "tanh",
                                            n_bins=int(r.integers(2, 6)), bound=2.0, rng=r,
                                            use_kernel=False),
