@@ -96,8 +96,13 @@ def grid_integral(flow, lim=4.0, n=200):
 def plot_density(flow, ax=None, lim=4.0, n=200, title=None, vmax=None, colorbar=True):
     r"""Heat map of ``p(x) = exp(flow.log_prob(x))`` over ``[-lim, lim]^2``, with a colour bar;
     returns ``ax``. ``flow`` may be anything with a ``log_prob`` of (N, 2) points."""
-    ax = _new_ax(ax)
     _, _, P = density_grid(flow, lim, n)
+    return _draw_density(P, ax, lim, title, vmax, colorbar)
+
+
+def _draw_density(P, ax, lim, title, vmax, colorbar):
+    """``plot_density``'s picture of an evaluated grid ``P`` (n, n)."""
+    ax = _new_ax(ax)
     image = ax.imshow(P, origin="lower", extent=(-lim, lim, -lim, lim), cmap=DENSITY_CMAP,
                       interpolation="bilinear", vmin=0, vmax=vmax)
     if colorbar:
@@ -119,14 +124,13 @@ class _TrueDensity:
 def plot_density_comparison(flow, name, lim=4.0, n=200):
     r"""The true density of toy data set ``name`` next to the model's, on one colour scale.
 
-    Returns the figure (two panels, one colour bar).
+    Returns the figure (two panels, one colour bar). Each grid is evaluated once.
     """
-    true = _TrueDensity(name)
-    vmax = max(density_grid(true, lim, n)[2].max(), density_grid(flow, lim, n)[2].max())
+    P_true, P_model = (density_grid(f, lim, n)[2] for f in (_TrueDensity(name), flow))
+    vmax = max(P_true.max(), P_model.max())
     fig, axes = plt.subplots(1, 2, figsize=(9, 4), constrained_layout=True)
-    plot_density(true, ax=axes[0], lim=lim, n=n, title=f"true density ({name})", vmax=vmax,
-                 colorbar=False)
-    plot_density(flow, ax=axes[1], lim=lim, n=n, vmax=vmax, colorbar=False)
+    _draw_density(P_true, axes[0], lim, f"true density ({name})", vmax, colorbar=False)
+    _draw_density(P_model, axes[1], lim, None, vmax, colorbar=False)
     fig.colorbar(axes[1].images[0], ax=axes, fraction=0.046, pad=0.02, label="density")
     return fig
 
