@@ -37,10 +37,14 @@ Hairer, Norsett, Wanner (1993), "Solving Ordinary Differential Equations I", sec
 """
 import numpy as np
 
+from .core import NonFiniteError
+
 
 def _check_finite_state(y, t, where, advice):
+    """``NonFiniteError`` (a ``ValueError``, which ``train.fit`` treats as a diverged run) if
+    the state ``y`` at time ``t`` holds NaN or inf."""
     if not np.all(np.isfinite(y)):
-        raise ValueError(f"{where}: non-finite state (NaN or inf) at t = {t:.6g}; {advice}")
+        raise NonFiniteError(f"{where}: non-finite state (NaN or inf) at t = {t:.6g}; {advice}")
 
 
 def rk4_step(f, t, y, h):
@@ -129,8 +133,9 @@ def rk4(f, y0, t0, t1, n_steps, return_states=False):
     states : list of n_steps + 1 arrays, y_0 = y0, ..., y_n = y1 (only with return_states),
         y_k the state at t0 + k h
 
-    Raises ``ValueError`` for a non-positive ``n_steps`` and for a state that becomes NaN or
-    inf (a step too large for the field, or a field that blows up).
+    Raises ``ValueError`` for a non-positive ``n_steps``, and ``core.NonFiniteError`` (a
+    ``ValueError``) for a state that becomes NaN or inf (a step too large for the field, or a
+    field that blows up).
     """
     n_steps = _check_steps(n_steps, "rk4")
     h = (t1 - t0) / n_steps
@@ -244,7 +249,7 @@ def dopri5(f, y0, t0, t1, rtol=1e-6, atol=1e-8, max_steps=10000):
         if not np.isfinite(norm):                 # a step too large for the field: shrink it
             h *= MIN_FACTOR
             if h <= 10 * np.finfo(float).eps * max(1.0, abs(t)):
-                raise ValueError(f"dopri5: non-finite state (NaN or inf) at t = {t:.6g} that "
+                raise NonFiniteError(f"dopri5: non-finite state (NaN or inf) at t = {t:.6g} that "
                                  "no step size avoids; reduce the step / check the field")
             continue
         if norm <= 1:
