@@ -72,7 +72,7 @@ def test_dopri5_meets_its_tolerance(rtol, rng):
     y1, nfe = dopri5(f, y0, 0.0, 2.0, rtol=rtol, atol=atol)
     err = np.abs(y1 - exact(2.0)) / (atol + rtol * np.abs(exact(2.0)))
     # the local error is controlled; the global one stays a small multiple of it
-    assert err.max() < 10, err.max()
+    assert err.max() < 3, err.max()  # measured 0.5 to 1.1
     assert nfe > 0
 
 
