@@ -514,6 +514,12 @@ def cmd_check(args):
             print(f"{name:28s} {max(r.roundtrip for r in mine):11.1e} "
                   f"{max(max(r.logdet, r.logdet_cancel) for r in mine):11.1e} "
                   f"{max(r.max_grad_error for r in mine):10.1e}")
+    for name in dict.fromkeys(r.name for r in reports):
+        bars, reason = gradcheck.thresholds(name)
+        if reason:
+            own = ", ".join(f"{k} {v:.0e}" for k, v in bars.items()
+                            if v != gradcheck.THRESHOLDS[k])
+            print(f"{name}: its own bars ({own}): {reason}")
     failed = [r.name for r in reports if not r.passed()]
     if failed:
         print(f"FAILED: {len(failed)} of {len(reports)} checks ({', '.join(dict.fromkeys(failed))})")
@@ -639,3 +645,7 @@ def cmd_assignment(args):
 
 
 COMMANDS["assignment"] = cmd_assignment
+
+
+if __name__ == "__main__":  # python -m nflows_edu.cli, as python -m nflows_edu
+    sys.exit(main())

@@ -1,5 +1,6 @@
 """Bijectors, one file per family."""
 from .autoregressive import IAF, MAF
+from .cnf import CNF, TimeField
 from .coupling import AdditiveCoupling, AffineCoupling, alternating_mask
 from .elementwise import Scaling
 from .glow import ActNorm, Invertible1x1Conv, LUInvertible1x1Conv
@@ -23,4 +24,4 @@ __all__ = ["AdditiveCoupling", "AffineCoupling", "alternating_mask", "Scaling", 
            "squeeze", "unsqueeze", "ImageAffineCoupling",
            "checkerboard_mask", "channel_mask", "GlowCoupling", "Split", "MultiScale",
            "glow_levels", "realnvp_levels", "RQSpline", "SplineCoupling",
-           "SplineAutoregressive"]
+           "SplineAutoregressive", "CNF", "TimeField"]
