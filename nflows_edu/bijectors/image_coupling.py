@@ -49,6 +49,16 @@ def channel_mask(channels, height, width, parity=0):
     return np.broadcast_to(keep[:, None, None], (channels, height, width)).copy()
 
 
+def conv_conditioner(channels, out_channels, hidden, kernels, activation, zero_init, rng,
+                     dtype):
+    """The image couplings' default net: ``ConvNet((C, *hidden, C_out), kernels, activation,
+    zero_last=zero_init)``, every kernel 3x3 unless ``kernels`` says otherwise."""
+    hidden = tuple(hidden)
+    kernels = (3,) * (len(hidden) + 1) if kernels is None else tuple(kernels)
+    return ConvNet((channels, *hidden, out_channels), kernels, activation, zero_last=zero_init,
+                   rng=rng, dtype=dtype)
+
+
 class ImageAffineCoupling(Bijector):
     r"""Affine coupling on images with a checkerboard or channel-wise mask (RealNVP).
 
@@ -85,29 +95,27 @@ class ImageAffineCoupling(Bijector):
         super().__init__()
         self.channels = int(channels)
         self.dim = None  # images: any H and W; see ``channels``
+        name = type(self).__name__  # errors name the subclass a user built
         if mask not in MASKS:
-            raise ValueError(f"ImageAffineCoupling: expected mask in {MASKS}, got {mask!r}")
+            raise ValueError(f"{name}: expected mask in {MASKS}, got {mask!r}")
         if parity not in (0, 1):
-            raise ValueError(f"ImageAffineCoupling: expected parity 0 or 1, got {parity!r}")
+            raise ValueError(f"{name}: expected parity 0 or 1, got {parity!r}")
         if mask == "channel" and self.channels < 2:
-            raise ValueError(f"ImageAffineCoupling: a channel mask needs at least 2 channels "
-                             f"to split, got {self.channels}")
+            raise ValueError(f"{name}: a channel mask needs at least 2 channels to split, got "
+                             f"{self.channels}")
         if not (np.isfinite(s_max) and s_max > 0):
-            raise ValueError(f"ImageAffineCoupling: expected a positive finite s_max, got "
-                             f"{s_max!r}")
+            raise ValueError(f"{name}: expected a positive finite s_max, got {s_max!r}")
         if scale not in SCALES:
-            raise ValueError(f"ImageAffineCoupling: expected scale in {SCALES}, got {scale!r}")
+            raise ValueError(f"{name}: expected scale in {SCALES}, got {scale!r}")
         self.mask_type, self.parity, self.s_max = mask, int(parity), float(s_max)
         self.scale = scale
-        hidden = tuple(hidden)
-        kernels = (3,) * (len(hidden) + 1) if kernels is None else tuple(kernels)
         if net is None:
-            net = ConvNet((self.channels, *hidden, 2 * self.channels), kernels, activation,
-                          zero_last=zero_init, rng=rng, dtype=dtype)
+            net = conv_conditioner(self.channels, 2 * self.channels, hidden, kernels,
+                                   activation, zero_init, rng, dtype)
         self.net = net
 
     def _check(self, x):
-        return check_images(x, "ImageAffineCoupling", self.channels)
+        return check_images(x, type(self).__name__, self.channels)
 
     def mask(self, height, width):
         """m (C, H, W) for an image of this height and width, in 0/1 of int64."""
