@@ -346,9 +346,9 @@ def glow(shape=(1, 8, 8), levels=2, depth=8, hidden=64, activation="relu", pixel
     standard deviation 1 on the first batch, and an orthogonal-at-first 1x1 convolution, so
     its inputs are about unit-scale whatever the pixels' logit range (about [-3, 3] for
     ``logit_alpha = 0.05``). ``bound = 4`` then covers four standard deviations, so nearly all
-    of them fall inside the splines rather than in the identity tails, while the
-    K bins, 2B / K = 1 wide for K = 8, stay narrow enough to bend the density within one
-    standard deviation. (nsf's default bound is 4 for the same reason.) ``n_bins`` and
+    of them fall inside the splines rather than in the identity tails, while the K bins,
+    2B / K = 1 wide for K = 8, stay narrow enough to bend the density within one standard
+    deviation. (``nsf`` also uses 4, there for the logits themselves.) ``n_bins`` and
     ``bound`` are recorded but unused for ``coupling="affine"``.
 
     ActNorm is initialised from data: ``train.fit`` calls ``flow.data_init`` on a batch
