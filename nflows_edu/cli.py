@@ -170,6 +170,9 @@ def build_parser():
     tr.add_argument("--hidden", type=hidden_sizes, default=None,
                     help="hidden layer widths of each network: coupling nets, MADEs, residual "
                     "blocks (default 64,64; 64,64,64 for maf)")
+    tr.add_argument("--coupling", choices=("affine", "spline"), default=None,
+                    help="glow's coupling layers: affine (GlowCoupling, the default) or spline "
+                    "(ImageSplineCoupling, 8 bins on [-4, 4]); glow on digits only")
     tr.add_argument("--beta2", type=unit_interval, default=None,
                     help=f"Adam's decay rate of the squared gradient's running mean (default "
                     f"{BETA2:g}; 0.99 for maf)")
@@ -327,6 +330,9 @@ def cmd_train(args):
                          "direction (use maf for maximum likelihood)")
     if args.model in models.IMAGE_MODELS and args.data != "digits":
         raise UsageError(f"--model {args.model} is a flow on images: use --data digits")
+    if args.coupling is not None and args.model != "glow":
+        raise UsageError(f"--coupling chooses glow's coupling layers; {args.model} has no such "
+                         f"option")
     if args.lr is None:
         args.lr = DIGITS_LR if args.data == "digits" else LR
     if args.data == "digits":
@@ -336,7 +342,8 @@ def cmd_train(args):
                              f"keeps its default beta2 {BETA2:g}")
         run_digits(args.model, args.steps, args.batch_size, args.lr, args.out, seed=args.seed,
                    n_layers=args.n_layers, dtype=args.dtype, overwrite=args.overwrite,
-                   progress=not args.no_progress, warmup=args.warmup, clip=args.clip)
+                   progress=not args.no_progress, warmup=args.warmup, clip=args.clip,
+                   coupling=args.coupling)
         return 0
     metrics = run_training(args.model, args.data, args.steps, args.batch_size, args.lr, args.out,
                            seed=args.seed, n_layers=args.n_layers, hidden=args.hidden,
@@ -362,7 +369,7 @@ DIGITS_TEMPERATURES = (0.5, 0.75, 1.0)  # samples.png: one grid per sampling tem
 
 
 def run_digits(model, steps, batch_size, lr, out, seed=0, n_layers=None, dtype="float64",
-               overwrite=False, progress=True, warmup=WARMUP, clip=CLIP):
+               overwrite=False, progress=True, warmup=WARMUP, clip=CLIP, coupling=None):
     r"""Train ``model`` on the 8x8 digits; save it, ``metrics.json`` and a grid of samples.
 
     The flow models dequantised pixels v = x + u in [0, 17)^64 (``models.maf(...,
@@ -372,7 +379,8 @@ def run_digits(model, steps, batch_size, lr, out, seed=0, n_layers=None, dtype="
     data set is small and overfits). ``test_nll`` (nats per image) and ``test_bpd``
     (``datasets.bits_per_dim``) average DIGITS_TEST_COPIES dequantisations of the 270 test
     images. The MADEs (``maf``) and the coupling nets (``nsf``) have DIGITS_HIDDEN hidden
-    units and DIGITS_ACTIVATION (``--hidden`` is for the 2-D data).
+    units and DIGITS_ACTIVATION (``--hidden`` is for the 2-D data). ``coupling`` is glow's
+    (``models.glow(..., coupling=...)``; None keeps its default, affine).
     """
     if model not in DIGITS_MODELS:
         raise UsageError(f"--data digits trains by maximum likelihood a model that models "
@@ -395,6 +403,8 @@ def run_digits(model, steps, batch_size, lr, out, seed=0, n_layers=None, dtype="
         kwargs = dict(shape=(1, 8, 8), pixel_levels=levels, rng=rng, dtype=np.dtype(dtype))
         if n_layers is not None:
             kwargs["depth"] = n_layers
+        if coupling is not None:
+            kwargs["coupling"] = coupling
         flow = models.MODELS[model](**kwargs)
     else:
         kwargs = dict(hidden=DIGITS_HIDDEN, activation=DIGITS_ACTIVATION, pixel_levels=levels,

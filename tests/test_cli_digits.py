@@ -35,10 +35,12 @@ def test_digits_needs_a_maximum_likelihood_pixel_model(tmp_path, capsys):
         assert err.startswith("nflows-edu: error:") and words in err
 
 
-def test_train_glow_on_digits_writes_metrics_and_temperature_samples(tmp_path, capsys):
+@pytest.mark.parametrize("coupling", [None, "spline"])
+def test_train_glow_on_digits_writes_metrics_and_temperature_samples(coupling, tmp_path, capsys):
     out = tmp_path / "glow"
     argv = ["train", "--model", "glow", "--data", "digits", "--steps", "2", "--batch-size",
             "16", "--n-layers", "1", "--dtype", "float32", "--out", str(out), "--no-progress"]
+    argv += [] if coupling is None else ["--coupling", coupling]
     assert cli.main(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["model"] == "glow" and metrics["temperatures"] == [0.5, 0.75, 1.0]
@@ -47,5 +49,14 @@ def test_train_glow_on_digits_writes_metrics_and_temperature_samples(tmp_path, c
     assert os.path.getsize(out / "samples.png") > 1000
     flow = io.load(out / "model.npz")
     assert flow.config["model"] == "glow" and flow.config["depth"] == 1
+    assert flow.config["coupling"] == (coupling or "affine")
     assert flow.config["shape"] == [1, 8, 8] and flow.dim == 64
     assert "bits/dim" in capsys.readouterr().out
+
+
+def test_coupling_option_is_glows_only(tmp_path, capsys):
+    argv = ["train", "--model", "nsf", "--data", "digits", "--steps", "2", "--coupling",
+            "spline", "--out", str(tmp_path / "nsf")]
+    assert cli.main(argv) == 2
+    assert "--coupling chooses glow's coupling layers" in capsys.readouterr().err
+    assert not (tmp_path / "nsf").exists()

@@ -237,7 +237,9 @@ def test_image_layers_keep_float32(rng):
     x = rng.standard_normal((2, 4, 4, 4)).astype(np.float32)
     layers = [ActNorm(4, dtype=np.float32), Invertible1x1Conv(4, rng=rng, dtype=np.float32),
               LUInvertible1x1Conv(4, rng=rng, dtype=np.float32), Sq(4),
-              ImageAffineCoupling(4, hidden=(8,), rng=rng, dtype=np.float32)]
+              ImageAffineCoupling(4, hidden=(8,), rng=rng, dtype=np.float32),
+              gradcheck.randomize_parameters(
+                  ImageSplineCoupling(4, hidden=(8,), rng=rng, dtype=np.float32), rng, 0.1)]
     for layer in layers:
         z, logdet, cache = layer.forward(x)
         x_back, logdet_inv, cache_inv = layer.inverse(z)
@@ -246,3 +248,66 @@ def test_image_layers_keep_float32(rng):
         arrays = [z, logdet, x_back, logdet_inv, dx, dz] + [g for _, _, g in layer.parameters()]
         assert all(a.dtype == np.float32 for a in arrays), type(layer).__name__
         assert np.abs(x_back - x).max() < 1e-5
+
+
+# ------------------------------------------------------------------- image spline coupling
+from nflows_edu.bijectors import ImageSplineCoupling  # noqa: E402
+
+
+@pytest.mark.parametrize("mask", ["checkerboard", "channel"])
+def test_image_spline_coupling_keeps_the_masked_half_and_starts_as_identity(mask, rng):
+    layer = ImageSplineCoupling(4, mask, 1, hidden=(4,), activation="tanh", n_bins=5,
+                                bound=2.0, rng=rng)
+    x = rng.normal(0, 1.5, (3, 4, 4, 4))
+    z, logdet, _ = layer.forward(x)
+    assert np.abs(z - x).max() <= 1e-12 and np.abs(logdet).max() <= 1e-12  # theta = 0
+    gradcheck.randomize_parameters(layer, rng, 0.3)
+    z, logdet, _ = layer.forward(x)
+    m = layer.mask(4, 4).astype(bool)
+    np.testing.assert_array_equal(z[:, m], x[:, m])
+    changed = ~m & (np.abs(x) < 2.0)  # inside [-B, B]; outside, the identity tails
+    tails = ~m & (np.abs(x) > 2.0)
+    assert tails.any() and np.abs(z[changed] - x[changed]).min() > 0
+    np.testing.assert_array_equal(z[tails], x[tails])
+    # a transformed element depends on itself only elementwise (a diagonal block)
+    J = gradcheck.numerical_jacobian(lambda v: layer.forward(v)[0], x[:1])[0]
+    b = np.flatnonzero(~m.ravel())
+    Jbb = J[np.ix_(b, b)]
+    assert np.abs(Jbb - np.diag(np.diag(Jbb))).max() < 1e-9
+    np.testing.assert_allclose(logdet[0], np.log(np.diag(Jbb)).sum(), atol=1e-7)
+
+
+def test_image_spline_coupling_reads_theta_as_parameter_then_channel(rng):
+    """The net's output channel j C + c holds parameter j of channel c: changing the outputs
+    of the kept channels (channel mask, parity 0: the first C // 2) leaves z unchanged, and
+    changing an output of a transformed channel does not."""
+    C, K = 4, 3
+    layer = ImageSplineCoupling(C, "channel", hidden=(3,), activation="tanh", n_bins=K,
+                                bound=3.0, rng=rng)
+    gradcheck.randomize_parameters(layer, rng, 0.3)
+    x = rng.standard_normal((2, C, 3, 3))
+    z, logdet, _ = layer.forward(x)
+    last = layer.net.layers[-1].params["b"]  # the last convolution's bias, (3K - 1) C
+    kept = [j * C + c for j in range(3 * K - 1) for c in range(C // 2)]
+    last[kept] += 5.0
+    z_kept, logdet_kept, _ = layer.forward(x)
+    np.testing.assert_array_equal(z_kept, z)
+    np.testing.assert_array_equal(logdet_kept, logdet)
+    last[1 * C + C // 2] += 1.0  # the second bin width of the first transformed channel
+    z_used, _, _ = layer.forward(x)
+    assert np.abs(z_used[:, C // 2] - z[:, C // 2]).max() > 1e-3
+    np.testing.assert_array_equal(z_used[:, C // 2 + 1:], z[:, C // 2 + 1:])
+
+
+def test_image_spline_coupling_names_itself_in_errors():
+    for kwargs, words in [(dict(n_bins=1), "n_bins"), (dict(bound=0.0), "bound"),
+                          (dict(min_width=0.5, n_bins=4), "min_width"),
+                          (dict(mask="stripes"), "mask")]:
+        with pytest.raises(ValueError, match=f"ImageSplineCoupling.*{words}"):
+            ImageSplineCoupling(2, **kwargs)
+    with pytest.raises(ValueError, match="ImageSplineCoupling.*at least 2 channels"):
+        ImageSplineCoupling(1, "channel")
+    layer = ImageSplineCoupling(2, hidden=(3,))
+    for method in (layer.forward, layer.inverse):
+        with pytest.raises(ValueError, match=r"ImageSplineCoupling.*shape \(N, 2, H, W\)"):
+            method(np.zeros((1, 3, 4, 4)))

@@ -198,8 +198,8 @@ def test_batchnorm2d_rejects_bad_input_and_bad_state(rng):
 
 # ------------------------------------------------------------ bad input to every image layer
 def _image_layers():
-    from nflows_edu.bijectors import (ActNorm, ImageAffineCoupling, Invertible1x1Conv,
-                                      LUInvertible1x1Conv, Squeeze)
+    from nflows_edu.bijectors import (ActNorm, ImageAffineCoupling, ImageSplineCoupling,
+                                      Invertible1x1Conv, LUInvertible1x1Conv, Squeeze)
     from nflows_edu.nn import Conv2d
     rng = np.random.default_rng(0)
     return {
@@ -208,6 +208,7 @@ def _image_layers():
         "Invertible1x1Conv": Invertible1x1Conv(2, rng=rng),
         "LUInvertible1x1Conv": LUInvertible1x1Conv(2, rng=rng), "Squeeze": Squeeze(2),
         "ImageAffineCoupling": ImageAffineCoupling(2, hidden=(3,), rng=rng),
+        "ImageSplineCoupling": ImageSplineCoupling(2, hidden=(3,), rng=rng),
         "BatchNorm2d": BatchNorm2d(2),
     }
 

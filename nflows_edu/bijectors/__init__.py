@@ -4,8 +4,8 @@ from .cnf import CNF, TimeField
 from .coupling import AdditiveCoupling, AffineCoupling, alternating_mask
 from .elementwise import Scaling
 from .glow import ActNorm, Invertible1x1Conv, LUInvertible1x1Conv
-from .image_coupling import (GlowCoupling, ImageAffineCoupling, Split, channel_mask,
-                             checkerboard_mask)
+from .image_coupling import (GlowCoupling, ImageAffineCoupling, ImageSplineCoupling, Split,
+                             channel_mask, checkerboard_mask)
 from .implicit import ImplicitBlock
 from .multiscale import MultiScale, glow_levels, realnvp_levels
 from .normalization import BatchNorm, BatchNorm2d
@@ -23,5 +23,5 @@ __all__ = ["AdditiveCoupling", "AffineCoupling", "alternating_mask", "Scaling", 
            "ActNorm", "Invertible1x1Conv", "LUInvertible1x1Conv", "Squeeze",
            "squeeze", "unsqueeze", "ImageAffineCoupling",
            "checkerboard_mask", "channel_mask", "GlowCoupling", "Split", "MultiScale",
-           "glow_levels", "realnvp_levels", "RQSpline", "SplineCoupling",
+           "glow_levels", "realnvp_levels", "RQSpline", "SplineCoupling", "ImageSplineCoupling",
            "SplineAutoregressive", "CNF", "TimeField"]

@@ -12,11 +12,13 @@ learned prior is the same map again, with a single convolution as the net (``Spl
 import numpy as np
 
 from ..assignment.catalogue import exercise
-from ..core import Bijector, check_images
+from ..core import Bijector, check_finite, check_images
 from ..gradcheck import randomize_parameters, register
 from ..nn import ConvNet, ResNet
 from .coupling import (affine_backward, affine_forward, affine_inverse,
                        affine_inverse_backward, soft_bound, soft_bound_backward)
+from .spline import (DEFAULT_MIN, _randomize_coupling, check_spline_options, rq_backward,
+                     rq_forward, rq_inverse, rq_inverse_backward)
 
 MASKS = ("checkerboard", "channel")
 SCALES = ("tanh", "sigmoid")
@@ -47,6 +49,16 @@ def channel_mask(channels, height, width, parity=0):
     first = (np.arange(channels) < channels // 2).astype(np.int64)
     keep = first if parity == 0 else 1 - first
     return np.broadcast_to(keep[:, None, None], (channels, height, width)).copy()
+
+
+def conv_conditioner(channels, out_channels, hidden, kernels, activation, zero_init, rng,
+                     dtype):
+    """The image couplings' default net: ``ConvNet((C, *hidden, C_out), kernels, activation,
+    zero_last=zero_init)``, every kernel 3x3 unless ``kernels`` says otherwise."""
+    hidden = tuple(hidden)
+    kernels = (3,) * (len(hidden) + 1) if kernels is None else tuple(kernels)
+    return ConvNet((channels, *hidden, out_channels), kernels, activation, zero_last=zero_init,
+                   rng=rng, dtype=dtype)
 
 
 class ImageAffineCoupling(Bijector):
@@ -85,29 +97,27 @@ class ImageAffineCoupling(Bijector):
         super().__init__()
         self.channels = int(channels)
         self.dim = None  # images: any H and W; see ``channels``
+        name = type(self).__name__  # errors name the subclass a user built
         if mask not in MASKS:
-            raise ValueError(f"ImageAffineCoupling: expected mask in {MASKS}, got {mask!r}")
+            raise ValueError(f"{name}: expected mask in {MASKS}, got {mask!r}")
         if parity not in (0, 1):
-            raise ValueError(f"ImageAffineCoupling: expected parity 0 or 1, got {parity!r}")
+            raise ValueError(f"{name}: expected parity 0 or 1, got {parity!r}")
         if mask == "channel" and self.channels < 2:
-            raise ValueError(f"ImageAffineCoupling: a channel mask needs at least 2 channels "
-                             f"to split, got {self.channels}")
+            raise ValueError(f"{name}: a channel mask needs at least 2 channels to split, got "
+                             f"{self.channels}")
         if not (np.isfinite(s_max) and s_max > 0):
-            raise ValueError(f"ImageAffineCoupling: expected a positive finite s_max, got "
-                             f"{s_max!r}")
+            raise ValueError(f"{name}: expected a positive finite s_max, got {s_max!r}")
         if scale not in SCALES:
-            raise ValueError(f"ImageAffineCoupling: expected scale in {SCALES}, got {scale!r}")
+            raise ValueError(f"{name}: expected scale in {SCALES}, got {scale!r}")
         self.mask_type, self.parity, self.s_max = mask, int(parity), float(s_max)
         self.scale = scale
-        hidden = tuple(hidden)
-        kernels = (3,) * (len(hidden) + 1) if kernels is None else tuple(kernels)
         if net is None:
-            net = ConvNet((self.channels, *hidden, 2 * self.channels), kernels, activation,
-                          zero_last=zero_init, rng=rng, dtype=dtype)
+            net = conv_conditioner(self.channels, 2 * self.channels, hidden, kernels,
+                                   activation, zero_init, rng, dtype)
         self.net = net
 
     def _check(self, x):
-        return check_images(x, "ImageAffineCoupling", self.channels)
+        return check_images(x, type(self).__name__, self.channels)
 
     def mask(self, height, width):
         """m (C, H, W) for an image of this height and width, in 0/1 of int64."""
@@ -217,6 +227,113 @@ class Split(ImageAffineCoupling):
                          dtype=dtype, zero_init=True)
 
 
+class ImageSplineCoupling(ImageAffineCoupling):
+    r"""Rational-quadratic spline coupling on images (neural spline flows' coupling with
+    ``ImageAffineCoupling``'s masks and convolutional conditioner).
+
+    With the mask m (C, H, W) and b = (m == 0) its transformed elements, n_b of them per
+    example (for the channel mask, the last C_b = C - C // 2 channels: n_b = C_b H W):
+
+    Forward:  theta = net(m * x)   (N, (3K - 1) C, H, W), viewed as (N, 3K - 1, C, H, W);
+              theta_b = theta[:, :, b] moved to (N, n_b, 3K - 1):
+              uw = theta_b[..., :K],  uh = theta_b[..., K:2K],  ud = theta_b[..., 2K:]
+              z[:, b] = g(x[:, b]; uw, uh, ud)  (``rq_forward`` on (N, n_b));  z = x where m = 1
+    Inverse:  x[:, b] = g^{-1}(z[:, b]; theta(m * z))  (``rq_inverse``; m * z = m * x)
+    Log-det:  forward  sum_{j in b} log g'(x_j);   inverse  minus that
+    Backward: (dx_b, duw, duh, dud) = rq_backward(dz[:, b], dlogdet);
+              dtheta = 0 except dtheta[:, :, b] = [duw, duh, dud] moved back to (N, 3K - 1, n_b)
+              dx = dz with dx[:, b] = dx_b,  plus  m * net.backward(dtheta)
+    Inverse backward: the same with ``rq_inverse_backward`` and dx, dz swapped.
+
+    Each spline has ``n_bins`` = K bins on [-B, B] (``bound``) and is the identity outside
+    (``bijectors.spline``). As in ``ImageAffineCoupling`` the net gives parameters for every
+    element, the kept ones included, and the mask picks the transformed ones: one code path
+    for both masks, at the price of unused output channels (half of them for the channel
+    mask). With ``zero_init`` the last convolution starts at 0, so theta = 0 and every spline
+    is the identity. ``net=`` takes another conditioner from C to (3K - 1) C channels.
+
+    Shapes: x, z (N, C, H, W); m, b (C, H, W); x[:, b] (N, n_b); uw, uh (N, n_b, K),
+    ud (N, n_b, K - 1); logdet (N,).
+
+    References: Durkan, Bekasov, Murray, Papamakarios (2019), arXiv:1906.04032, sections 3.1
+    and 3.2 (their Glow-style image experiments, section 5.3); Dinh, Sohl-Dickstein, Bengio
+    (2016), arXiv:1605.08803, section 3.4 (the masks).
+    """
+
+    def __init__(self, channels, mask="checkerboard", parity=0, hidden=(64, 64), kernels=None,
+                 activation="relu", n_bins=8, bound=3.0, min_width=DEFAULT_MIN,
+                 min_height=DEFAULT_MIN, min_derivative=DEFAULT_MIN, rng=None,
+                 dtype=np.float64, zero_init=True, net=None):
+        check_spline_options(n_bins, bound, min_width, min_height, min_derivative,
+                             "ImageSplineCoupling")
+        if net is None:
+            net = conv_conditioner(int(channels), (3 * n_bins - 1) * int(channels), hidden,
+                                   kernels, activation, zero_init, rng, dtype)
+        super().__init__(channels, mask, parity, rng=rng, dtype=dtype, net=net)
+        self.n_bins = int(n_bins)
+        self.options = (float(bound), float(min_width), float(min_height), float(min_derivative))
+
+    def _spline_params(self, kept, b):
+        """(uw, uh, ud, net_cache) for the transformed elements b, from the kept half m * x."""
+        out, net_cache = self.net._forward(kept)
+        check_finite(out, "ImageSplineCoupling: expected finite spline parameters from the net")
+        K = self.n_bins
+        theta = out.reshape(len(out), 3 * K - 1, self.channels, *out.shape[2:])
+        theta_b = theta[:, :, b].transpose(0, 2, 1)  # (N, n_b, 3K - 1)
+        return theta_b[..., :K], theta_b[..., K:2 * K], theta_b[..., 2 * K:], net_cache
+
+    def _net_backward(self, duw, duh, dud, m, net_cache):
+        """m * net.backward(dtheta), dtheta zero on the kept elements (their outputs are unused)."""
+        dtheta_b = np.concatenate([duw, duh, dud], axis=-1).transpose(0, 2, 1)
+        dtheta = np.zeros((len(dtheta_b), 3 * self.n_bins - 1, *m.shape), dtype=dtheta_b.dtype)
+        dtheta[:, :, m == 0] = dtheta_b
+        return m * self.net.backward(dtheta.reshape(len(dtheta), -1, *m.shape[1:]), net_cache)
+
+    @staticmethod
+    def _replace(a, b, part):
+        """A copy of images ``a`` with the elements b (C, H, W) set to ``part`` (N, n_b)."""
+        out = a.copy()
+        out[:, b] = part
+        return out
+
+    def forward(self, x):
+        x = self._check(x)
+        m = self.mask(*x.shape[2:]).astype(x.dtype)
+        b = m == 0
+        uw, uh, ud, net_cache = self._spline_params(m * x, b)
+        z_b, logdet, spline_cache = rq_forward(x[:, b], uw, uh, ud, *self.options)
+        return self._replace(x, b, z_b), logdet.sum(axis=1), (spline_cache, m, net_cache)
+
+    def inverse(self, z):
+        z = self._check(z)
+        m = self.mask(*z.shape[2:]).astype(z.dtype)
+        b = m == 0
+        uw, uh, ud, net_cache = self._spline_params(m * z, b)
+        x_b, logdet, spline_cache = rq_inverse(z[:, b], uw, uh, ud, *self.options)
+        return self._replace(z, b, x_b), logdet.sum(axis=1), (spline_cache, m, net_cache)
+
+    def backward(self, dz, dlogdet, cache):
+        spline_cache, m, net_cache = cache
+        b = m == 0
+        dz_b = dz[:, b]
+        dx_b, duw, duh, dud = rq_backward(dz_b, np.broadcast_to(dlogdet[:, None], dz_b.shape),
+                                          spline_cache)
+        return self._replace(dz, b, dx_b) + self._net_backward(duw, duh, dud, m, net_cache)
+
+    def inverse_backward(self, dx, dlogdet, cache):
+        spline_cache, m, net_cache = cache
+        b = m == 0
+        dx_b = dx[:, b]
+        dz_b, duw, duh, dud = rq_inverse_backward(
+            dx_b, np.broadcast_to(dlogdet[:, None], dx_b.shape), spline_cache)
+        return self._replace(dx, b, dz_b) + self._net_backward(duw, duh, dud, m, net_cache)
+
+    def __repr__(self):
+        return (f"ImageSplineCoupling(channels={self.channels}, mask={self.mask_type!r}, "
+                f"parity={self.parity}, n_bins={self.n_bins}, bound={self.options[0]}, "
+                f"net={self.net!r})")
+
+
 # ------------------------------------------------------------------ the gradcheck registry
 # ``dim`` is the number of channels; names short enough for the check table's column (28); tanh nets (smooth, for central differences), small
 # images and nets so the numerical Jacobian and parameter gradients stay cheap. The zero-
@@ -267,6 +384,27 @@ register("GlowCoupling", lambda d, r: GlowCoupling(d, hidden=3, activation="tanh
          inputs=_small_images, randomize=_randomize_half, max_dim=_MAX_CHANNELS)
 register("Split", lambda d, r: Split(d, s_max=2.0, rng=r), inputs=_small_images,
          max_dim=_MAX_CHANNELS)
+
+
+def _spline_images(layer, n, rng):
+    """Small images with entries inside [-B, B] and in both tails (|x| > B for about one in
+    six), as ``spline._spline_inputs``."""
+    return 0.7 * layer.options[0] * _small_images(layer, n, rng)
+
+
+# SplineCoupling's quarter-scale randomize: the net's outputs are K-way softmax logits, and a
+# larger move gives bins so steep beside so flat ones that the central differences lose
+# their accuracy (see ``spline._randomize_coupling``).
+register("ImageSpline(checkerboard)",
+         lambda d, r: ImageSplineCoupling(d, "checkerboard", int(r.integers(2)), hidden=(3,),
+                                          activation="tanh", n_bins=int(r.integers(2, 6)),
+                                          bound=2.0, rng=r),
+         inputs=_spline_images, randomize=_randomize_coupling, max_dim=_MAX_CHANNELS)
+register("ImageSpline(channel)",
+         lambda d, r: ImageSplineCoupling(d, "channel", int(r.integers(2)), hidden=(3,),
+                                          kernels=(3, 1), activation="tanh",
+                                          n_bins=int(r.integers(2, 6)), bound=2.0, rng=r),
+         inputs=_spline_images, randomize=_randomize_coupling, max_dim=_MAX_CHANNELS)
 
 exercise("ImageAffineCoupling.backward", ImageAffineCoupling, "medium",
          "RealNVP's affine coupling on images: the VJP through the mask, the soft bound and "

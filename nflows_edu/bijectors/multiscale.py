@@ -14,7 +14,7 @@ from ..core import Bijector, Chain, check_array
 from ..gradcheck import randomize_parameters, register
 from ..nn import ResNet
 from .glow import ActNorm, LUInvertible1x1Conv
-from .image_coupling import GlowCoupling, ImageAffineCoupling, Split
+from .image_coupling import GlowCoupling, ImageAffineCoupling, ImageSplineCoupling, Split
 from .reshape import Squeeze
 
 
@@ -149,21 +149,39 @@ class MultiScale(Bijector):
 
 
 # ------------------------------------------------------------------ the builders of the models
+COUPLINGS = ("affine", "spline")
+
+
 def glow_levels(shape, levels=2, depth=8, hidden=64, activation="relu", rng=None,
-                dtype=np.float64):
+                dtype=np.float64, coupling="affine", n_bins=8, bound=4.0):
     r"""Glow's levels (Kingma, Dhariwal 2018, figure 2): each is
 
-        Squeeze, then ``depth`` steps of [ActNorm, LU 1x1 convolution, GlowCoupling],
+        Squeeze, then ``depth`` steps of [ActNorm, LU 1x1 convolution, coupling],
         then (all but the last level) Split, whose second half ``MultiScale`` factors out.
+
+    The coupling is ``GlowCoupling`` (``coupling="affine"``) or, for neural spline flows'
+    Glow-like image model, ``ImageSplineCoupling`` with a channel mask and Glow's conditioner
+    (3x3, 1x1, 3x3 convolutions of ``hidden`` channels), ``n_bins`` bins on
+    [-``bound``, ``bound``] (``coupling="spline"``; ``n_bins`` and ``bound`` are unused
+    otherwise).
     """
+    if coupling not in COUPLINGS:
+        raise ValueError(f"glow_levels: expected coupling in {COUPLINGS}, got {coupling!r}")
+
+    def make_coupling(channels):
+        if coupling == "affine":
+            return GlowCoupling(channels, hidden, activation, rng, dtype)
+        return ImageSplineCoupling(channels, "channel", hidden=(hidden, hidden),
+                                   kernels=(3, 1, 3), activation=activation, n_bins=n_bins,
+                                   bound=bound, rng=rng, dtype=dtype)
+
     c, h, w = shape
     out = []
     for k in range(levels):
         layers = [Squeeze(c)]
         c, h, w = 4 * c, h // 2, w // 2
         for _ in range(depth):
-            layers += [ActNorm(c, dtype), LUInvertible1x1Conv(c, rng, dtype),
-                       GlowCoupling(c, hidden, activation, rng, dtype)]
+            layers += [ActNorm(c, dtype), LUInvertible1x1Conv(c, rng, dtype), make_coupling(c)]
         if k < levels - 1:
             layers.append(Split(c, rng=rng, dtype=dtype))
         out.append(Chain(layers))
@@ -221,6 +239,11 @@ def _randomize_model(layer, rng, scale):
 
 register("MultiScale(Glow)",
          lambda d, r: MultiScale(_shape(d), glow_levels(_shape(d), 2, 1, 2, "tanh", r)),
+         randomize=_randomize_model, entries=4)
+register("MultiScale(Glow,spline)",
+         lambda d, r: MultiScale(_shape(d), glow_levels(_shape(d), 2, 1, 2, "tanh", r,
+                                                        coupling="spline", n_bins=3,
+                                                        bound=2.0)),
          randomize=_randomize_model, entries=4)
 register("MultiScale(RealNVP)",
          lambda d, r: MultiScale(_shape(d), realnvp_levels(_shape(d), 2, 2, 1, "tanh", 2.0,
