@@ -5,8 +5,8 @@ lr 3e-3 with warm-up and cosine decay, 100,000 training points, the model's own 
 float64, KL on 1,000,000 fresh points). One run's KL has a small standard error (about
 0.0002-0.0005 nats); the seed moves it more, so the table gives every seed, the mean over
 seeds with its standard error over the seeds, and the training time per step. With one worker
-(the default) the runs go one after the other in this process, so the models' times per step
-are measured in one run and their ratio is fair.
+(the default) the runs go one after the other, the models interleaved, so the models' times
+per step are measured in one run under the same load.
 
 Run:  python benchmarks/toy_seeds.py --models nsf realnvp [--seeds 4] [--workers 1]
 """
@@ -64,7 +64,8 @@ def main(argv=None):
     parser.add_argument("--data", nargs="+", default=list(DATA), choices=DATA)
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    jobs = [(m, d, s) for m in args.models for d in args.data for s in range(args.seeds)]
+    # the models interleaved, so a change in the machine's load hits every model alike
+    jobs = [(m, d, s) for d in args.data for s in range(args.seeds) for m in args.models]
     with ProcessPoolExecutor(args.workers) as pool:
         results = dict(zip(jobs, pool.map(run_one, *zip(*jobs), [args.steps] * len(jobs))))
 
