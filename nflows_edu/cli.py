@@ -25,14 +25,11 @@ import sys
 import time
 
 import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")  # the CLI only writes files; never try to open a window
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from . import __version__, datasets, gradcheck, io, models, train, viz  # noqa: E402
-from .threads import blas_threads, choose_threads  # noqa: E402
+from . import __version__, datasets, gradcheck, io, models, train, viz
+from .threads import blas_threads, choose_threads
 
 PROG = "nflows-edu"
 N_TRAIN = 100_000
@@ -543,6 +540,10 @@ COMMANDS = {"demo": cmd_demo, "train": cmd_train, "sample": cmd_sample, "check":
 
 def main(argv=None):
     r"""Run ``nflows-edu`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    # The command only writes files: never try to open a window. Chosen here, not at import,
+    # so a notebook that imports this module (for its recipes and constants) keeps its
+    # inline figures.
+    matplotlib.use("Agg")
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -405,3 +405,12 @@ def test_check_reports_a_layer_that_raises_and_goes_on(capsys):
     out = capsys.readouterr().out
     assert "raised IndexError: off by one" in out and "FAIL" in out
     assert any(line.startswith("Scaling") and " pass " in line for line in out.splitlines())
+
+
+def test_importing_the_cli_keeps_a_notebooks_backend():
+    """A notebook imports ``cli`` for its recipes and constants: its inline figures must keep
+    showing (the command selects Agg when it runs, not when it is imported)."""
+    code = ("import matplotlib; matplotlib.use('svg'); import nflows_edu.cli; "
+            "print(matplotlib.get_backend())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "svg"
