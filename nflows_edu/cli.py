@@ -631,3 +631,7 @@ def cmd_assignment(args):
 
 
 COMMANDS["assignment"] = cmd_assignment
+
+
+if __name__ == "__main__":  # python -m nflows_edu.cli, as python -m nflows_edu
+    sys.exit(main())
