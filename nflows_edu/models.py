@@ -208,15 +208,31 @@ def iresnet(dim, n_blocks=8, hidden=(64, 64), c=0.9, logdet="exact", activation=
     return Flow(Chain(layers), StandardNormal(dim, dtype), config)
 
 
-def resflow(dim, n_blocks=8, hidden=(64, 64), c=0.9, logdet="roulette", activation="lipswish",
+def resflow(dim, n_blocks=8, hidden=(64, 64), c=0.99, logdet="roulette", activation="sine",
             n_exact=2, p=0.5, eval_logdet=None, n_layers=None, rng=None, dtype=np.float64):
-    r"""Residual Flow (Chen et al. 2019, arXiv:1906.02735): residual blocks with LipSwish and
-    the unbiased Russian-roulette log-det estimator (``n_exact`` terms always, then a
-    geometric(``p``) number more) with the Neumann-series gradient, in training. The
-    roulette's estimate is unbiased for the log-density but differs at every call, so
-    evaluation mode (``flow.eval()``) uses ``eval_logdet``: None means the exact log-det for
-    dim <= 16 (then ``log_prob`` is the density itself, the same at every call) and the
-    roulette, seeded afresh at every call, beyond; ``flow.config["eval_logdet"]`` says which.
+    r"""Residual Flow (Chen et al. 2019, arXiv:1906.02735): residual blocks with the unbiased
+    Russian-roulette log-det estimator (``n_exact`` terms always, then a geometric(``p``)
+    number more) with the Neumann-series gradient, in training. The roulette's estimate is
+    unbiased for the log-density but differs at every call, so evaluation mode
+    (``flow.eval()``) uses ``eval_logdet``: None means the exact log-det for dim <= 16 (then
+    ``log_prob`` is the density itself, the same at every call) and the roulette, seeded
+    afresh at every call, beyond; ``flow.config["eval_logdet"]`` says which.
+
+    ``c`` bounds every layer of each g (``LipschitzMLP``), so Lip(g) <= c^3 with two hidden
+    layers. The defaults, the sine activation (``Sine``, ImpFlow's choice for 2-D data) and
+    c = 0.99, replace LipSwish (the paper's) and c = 0.9, with which ``nflows-edu train``
+    (5000 steps, batch 512) reached KL 0.53 nats on checkerboard and 0.13 on 8gaussians. On
+    checkerboard after 1000 such steps (KL on 200,000 points, seed 0) LipSwish stayed at
+    0.71-0.77 with either log-det (exact or roulette), c from 0.9 to 0.99, or 128x128
+    networks, at 0.63-0.65 with 16 or 32 blocks, 0.50 at lr 1e-2; sine reached 0.15 with
+    the exact log-det (0.20 at c = 0.9, 0.16 at c = 0.97) and 0.16 with the roulette. The
+    activation, not the bound, was the limit: in the LipSwish model (c = 0.99) blocks 3-8
+    had ||J_g(x)||_2 <= 0.21 at 5000 data points (the bound allows 0.97); the sine blocks'
+    maxima were 0.45-0.81. ``nflows-edu train`` with these defaults (5000 steps, KL on 1,000,000
+    points): checkerboard 0.0812 +- 0.0003, 8gaussians 0.0083 +- 0.0001. With seeds 1 and 2
+    checkerboard reached 0.0978 and 0.0936 +- 0.0006 (200,000 points), close to 0.10; with
+    seed 1 the exact log-det in training (``set_logdet``, 15% slower here) reached 0.0841
+    (seed 0: 0.0723), and 12 blocks (45% slower) 0.0840, both +- 0.0006.
     """
     from .bijectors.residual import ResidualBlock, default_eval_logdet
     from .nn import _check_lipschitz_bound
