@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nflows_edu import datasets, io, models, train
+from nflows_edu import datasets, gradcheck, io, models, train
 from nflows_edu.bijectors.residual import ResidualBlock
 from nflows_edu.gradcheck import randomize_parameters
 from nflows_edu.modelcheck import check_flow, grid_mass
@@ -33,9 +33,16 @@ BUILDERS = {
     "iresnet": (lambda rng: models.iresnet(2, n_blocks=3, hidden=(16, 16), rng=rng), 0.5),
     "resflow": (lambda rng: models.resflow(2, n_blocks=3, hidden=(16, 16), rng=rng), 0.5),
     "impflow": (lambda rng: models.impflow(2, n_blocks=2, hidden=(16, 16), c=0.9, rng=rng), 0.5),
-    # 32 RK4 steps: at 16 the trained flow's round trip (O(h^5)) is 5e-8, beyond the 1e-8 here
-    "ffjord": (lambda rng: models.ffjord(2, hidden=(16, 16), n_steps=32, rng=rng), 0.3),
+    "ffjord": (lambda rng: models.ffjord(2, hidden=(16, 16), rng=rng), 0.3),
 }
+# A fixed-step ODE solver's map has a discretisation error: its inverse is RK4 run backwards
+# and its log-det an RK4 integral, so ffjord is held to the CNF registration's bars (stated
+# there, with the orders tests/test_cnf.py measures). At its default 8 steps the trained flow
+# here had round trip 1.6e-6 and log-det errors up to 1.7e-5; a sign or stage error gives 1e-3.
+BARS = dict(round_trip=1e-8, logdet_cancel=1e-8, logdet_err=1e-6)
+_CNF = gradcheck.thresholds("CNF")[0]
+SOLVER_BARS = {"ffjord": dict(round_trip=_CNF["roundtrip"], logdet_cancel=_CNF["logdet"],
+                              logdet_err=_CNF["logdet"])}
 SHARE_TOL = 0.02  # |mass - share|: the grid's quadrature error plus a few standard errors
 
 
@@ -58,15 +65,16 @@ def short_training(flow, name, rng):
     return flow
 
 
-def assert_density(flow):
+def assert_density(flow, name=None):
     with blas_threads(1):
         report = check_flow(flow, np.random.default_rng(3), n_samples=10000)
+    bars = SOLVER_BARS.get(name, BARS)
     assert report.mass <= 1 + 0.005, report
     assert abs(report.mass - report.share) <= SHARE_TOL, report
     assert report.repeat_diff == 0, report
-    assert report.round_trip <= 1e-8, report
-    assert report.logdet_cancel <= 1e-8, report
-    assert report.logdet_err <= 1e-6, report
+    assert report.round_trip <= bars["round_trip"], report
+    assert report.logdet_cancel <= bars["logdet_cancel"], report
+    assert report.logdet_err <= bars["logdet_err"], report
     return report
 
 
@@ -77,13 +85,13 @@ def test_every_2d_builder_is_covered():
 
 @pytest.mark.parametrize("name", sorted(BUILDERS))
 def test_density_at_initialisation_moved_off_the_identity(name):
-    assert_density(moved(name, 0))
+    assert_density(moved(name, 0), name)
 
 
 @pytest.mark.parametrize("name", sorted(BUILDERS))
 def test_density_after_a_short_training_run(name):
     flow = short_training(moved(name, 1), name, np.random.default_rng(2))
-    assert_density(flow)
+    assert_density(flow, name)
 
 
 def test_the_mass_check_catches_a_residual_flow_whose_bound_lags_its_weights():
