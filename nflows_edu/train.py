@@ -95,7 +95,7 @@ def learning_rate(step, steps, lr, schedule="cosine", warmup=0):
 
 
 def _check_fit_arguments(steps, batch_size, lr, clip, eval_every, warmup, diverge,
-                         betas=(0.9, 0.999)):
+                         betas=(0.9, 0.999), where="fit"):
     def is_int(v, low):
         return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= low
 
@@ -105,17 +105,28 @@ def _check_fit_arguments(steps, batch_size, lr, clip, eval_every, warmup, diverg
     for name, value, low in (("steps", steps, 1), ("batch_size", batch_size, 1),
                              ("eval_every", eval_every, 1), ("warmup", warmup, 0)):
         if not is_int(value, low):
-            raise ValueError(f"fit: expected an integer {name} >= {low}, got {value!r}")
+            raise ValueError(f"{where}: expected an integer {name} >= {low}, got {value!r}")
     for name, value in (("lr", lr), ("diverge", diverge)):
         if not is_positive(value):
-            raise ValueError(f"fit: expected a positive finite {name}, got {value!r}")
+            raise ValueError(f"{where}: expected a positive finite {name}, got {value!r}")
     if clip is not None and not is_positive(clip):
-        raise ValueError(f"fit: expected clip None (no clipping) or a positive finite gradient "
-                         f"norm, got {clip!r}")
+        raise ValueError(f"{where}: expected clip None (no clipping) or a positive finite "
+                         f"gradient norm, got {clip!r}")
     numbers = (float, int, np.floating, np.integer)
     if not (np.ndim(betas) == 1 and len(betas) == 2
             and all(isinstance(b, numbers) and 0 <= b < 1 for b in betas)):
-        raise ValueError(f"fit: expected Adam's betas as two numbers in [0, 1), got {betas!r}")
+        raise ValueError(f"{where}: expected Adam's betas as two numbers in [0, 1), got "
+                         f"{betas!r}")
+
+
+def shuffled_batches(data, batch_size, rng):
+    """Yield batches of ``batch_size`` rows of ``data`` without end, in shuffled epochs: one
+    random permutation of the rows per pass, every row used once per pass, the last
+    ``len(data) % batch_size`` rows of a pass skipped."""
+    while True:
+        order = rng.permutation(len(data))
+        for start in range(0, len(data) - batch_size + 1, batch_size):
+            yield data[order[start:start + batch_size]]
 
 
 def _all_finite(params):
@@ -211,7 +222,7 @@ def _fit_loop(flow, data, params, opt, steps, batch_size, lr, rng, val_data, sch
     best = flow.state_dict() if keep_best else None
     history = {"loss": [], "step": [], "train_nll": [], "val_nll": [], "interrupted": False}
     lowest = math.inf
-    order, start = rng.permutation(len(data)), 0
+    batches = shuffled_batches(data, batch_size, rng)
     bar = tqdm(range(int(steps)), disable=not progress, desc="NLL", leave=False)
 
     def stop(step, why, cause=None, kept=None):
@@ -223,10 +234,7 @@ def _fit_loop(flow, data, params, opt, steps, batch_size, lr, rng, val_data, sch
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         try:
             for step in bar:
-                if start + batch_size > len(data):  # a pass is over: reshuffle
-                    order, start = rng.permutation(len(data)), 0
-                batch = data[order[start:start + batch_size]]
-                start += batch_size
+                batch = next(batches)
                 try:
                     loss = flow.loss_and_grad(batch)
                 except DIVERGED as err:
@@ -410,5 +418,101 @@ def fit_reverse_kl(flow, log_target, grad_log_target, steps=5000, batch_size=256
                                                  else float("nan"))
         if not _all_finite(params):
             stop(steps - 1, "its update made the parameters non-finite", kept=steps)
+    bar.close()
+    return history
+
+
+# ------------------------------------------------------------------ flow matching (CNF fields)
+def fit_flow_matching(flow, data, steps=1000, batch_size=256, lr=1e-3, rng=None, ot=False,
+                      schedule="cosine", warmup=0, clip=100.0, eval_every=250, threads="auto",
+                      progress=True, betas=(0.9, 0.999)):
+    r"""Train the field of a continuous flow by conditional flow matching on ``data`` (N, D).
+
+    Each step: take the next ``batch_size`` rows x_0 of ``data`` (shuffled epochs, as in
+    ``fit``), draw noise x_1 ~ N(0, I) and times t ~ U(0, 1), one per row, optionally re-pair
+    x_1 by minibatch optimal transport (``ot=True``: ``flow_matching.ot_pairing``), then one
+    Adam step on
+
+        L = (1 / N) sum_n |v(x_t[n], t[n]) - (x_1[n] - x_0[n])|^2,  x_t = (1 - t) x_0 + t x_1
+
+    (``flow_matching.cfm_loss_and_grad``; mean over the batch, sum over the D features), its
+    gradient clipped to global norm ``clip``, at the scheduled learning rate. No ODE is solved
+    while training; the trained flow's ``log_prob`` and ``sample`` integrate it as before.
+
+    The guard of ``fit``: a NaN or infinite loss or gradient norm, or parameters that are no
+    longer finite, stop training with ``NonFiniteLossError`` after putting back the parameters
+    from before the step that did it; Ctrl-C keeps the last completed step's parameters.
+    (``fit``'s ``diverge`` test, a loss far above its lowest, is not applied: the regression
+    loss is noisy by design, its scale set by the data.)
+
+    Parameters
+    ----------
+    flow : Flow with one ``CNF`` on a standard normal base (``models.flow_matching`` or
+        ``models.ffjord`` with one block), a ``CNF``, or its ``TimeField``
+        (``flow_matching.field_of``)
+    data : ndarray (N, D)
+    ot : bool, pair each batch by minibatch optimal transport
+    The others as in ``fit``.
+
+    Returns
+    -------
+    history : dict
+        ``loss`` (every step), every ``eval_every`` steps ``step`` and ``train_loss`` (mean of
+        the losses since the previous report), and ``interrupted``.
+    """
+    from .flow_matching import cfm_loss_and_grad, field_of, ot_pairing
+    where = "fit_flow_matching"
+    field = field_of(flow, where)
+    params = list(field.parameters())
+    dtype = params[0][1].dtype
+    data = check_array(data, f"{where} (data)", field.dim).astype(dtype, copy=False)
+    _check_fit_arguments(steps, batch_size, lr, clip, eval_every, warmup, 1.0, betas, where)
+    rng = np.random.default_rng() if rng is None else rng
+    batch_size = min(int(batch_size), len(data))
+    opt = FusedAdam(params, lr=lr, betas=tuple(betas))
+    guard = _LastGood(field, params, where, steps, f"Try a smaller learning rate (now {lr:g}) "
+                      f"or a tighter gradient clip (now {clip}).")
+    history = {"loss": [], "step": [], "train_loss": [], "interrupted": False}
+    batches = shuffled_batches(data, batch_size, rng)
+    bar = tqdm(range(int(steps)), disable=not progress, desc="flow matching", leave=False)
+
+    def stop(step, why, cause=None, kept=None):
+        bar.close()
+        raise guard.diverged(step, why, kept) from cause
+
+    with blas_threads(threads, field, batch_size), \
+            np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # as in fit
+        try:
+            for step in bar:
+                x0 = next(batches)
+                x1 = rng.standard_normal(x0.shape).astype(dtype, copy=False)
+                t = rng.uniform(size=batch_size).astype(dtype, copy=False)
+                if ot:
+                    x1 = ot_pairing(x0, x1)
+                field.zero_grad()
+                try:
+                    loss = cfm_loss_and_grad(field, x0, x1, t)
+                except DIVERGED as err:
+                    stop(step, f"the last update broke the field ({err})", err)
+                grad_norm = clip_grad_norm(params, clip)
+                if not (np.isfinite(loss) and np.isfinite(grad_norm)):
+                    stop(step, f"the loss became {loss} (gradient norm {grad_norm})")
+                guard.save()
+                opt.lr = learning_rate(step, steps, lr, schedule, warmup)
+                opt.step()
+                history["loss"].append(loss)
+                if progress and (step + 1) % 25 == 0:
+                    bar.set_postfix(loss=f"{np.mean(history['loss'][-25:]):.3f}", refresh=False)
+                if (step + 1) % eval_every == 0 or step + 1 == steps:
+                    history["step"].append(step + 1)
+                    history["train_loss"].append(float(np.mean(history["loss"][-eval_every:])))
+        except KeyboardInterrupt:
+            guard.restore()
+            history["interrupted"] = True
+            bar.write(f"interrupted after {len(history['loss'])} steps; keeping the parameters "
+                      "of the last completed step")
+        if not _all_finite(params):  # the last update, which no later step has looked at
+            done = len(history["loss"])
+            stop(done - 1, "its update made the parameters non-finite", kept=done)
     bar.close()
     return history

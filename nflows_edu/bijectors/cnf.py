@@ -83,7 +83,8 @@ class TimeField(Module):
     rng : numpy.random.Generator
     dtype : float dtype of the parameters
 
-    Shapes: x (N, D), t a float, v (N, D), V (N, m, D), G (N, m, D), tr (N,). The parameters
+    Shapes: x (N, D), t a float or (N,) (``forward`` and ``jvp_forward``: one time per
+    example), v (N, D), V (N, m, D), G (N, m, D), tr (N,). The parameters
     are those of ``self.net``, an ``nn.MLP((D + 1, *hidden, D), "tanh")``.
 
     References: Grathwohl, Chen, Bettencourt, Sutskever, Duvenaud (2019), "FFJORD",
@@ -99,13 +100,17 @@ class TimeField(Module):
         self.net = MLP((self.dim + 1, *hidden, self.dim), "tanh", rng=rng, dtype=dtype)
 
     def _input(self, x, t):
-        """[x, t]: t as one more column, the same for every example."""
-        return np.concatenate([x, np.full((x.shape[0], 1), t, dtype=x.dtype)], axis=1)
+        """[x, t]: t as one more column, one time for every example (a scalar t, as the ODE
+        solver passes) or one per example (t of shape (N,), as flow matching draws them)."""
+        t = np.broadcast_to(np.asarray(t, dtype=x.dtype).reshape(-1, 1), (x.shape[0], 1))
+        return np.concatenate([x, t], axis=1)
 
     def _check(self, x, t):
-        if not (np.ndim(t) == 0 and np.isfinite(t)):
-            raise ValueError(f"TimeField: expected a finite scalar time t, got {t!r}")
-        return check_array(x, "TimeField", self.dim)
+        x = check_array(x, "TimeField", self.dim)
+        if not (np.ndim(t) == 0 or np.shape(t) == (x.shape[0],)) or not np.isfinite(t).all():
+            raise ValueError(f"TimeField: expected a finite time t, a scalar or one per example "
+                             f"(shape ({x.shape[0]},)), got {t!r}")
+        return x
 
     def forward(self, x, t):
         """v(x, t) (N, D) and the cache of ``backward``."""
