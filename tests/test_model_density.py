@@ -34,15 +34,17 @@ BUILDERS = {
     "resflow": (lambda rng: models.resflow(2, n_blocks=3, hidden=(16, 16), rng=rng), 0.5),
     "impflow": (lambda rng: models.impflow(2, n_blocks=2, hidden=(16, 16), c=0.9, rng=rng), 0.5),
     "ffjord": (lambda rng: models.ffjord(2, hidden=(16, 16), rng=rng), 0.3),
+    "flow_matching": (lambda rng: models.flow_matching(2, hidden=(16, 16), rng=rng), 0.3),
 }
 # A fixed-step ODE solver's map has a discretisation error: its inverse is RK4 run backwards
-# and its log-det an RK4 integral, so ffjord is held to the CNF registration's bars (stated
-# there, with the orders tests/test_cnf.py measures). At its default 8 steps the trained flow
+# and its log-det an RK4 integral, so ffjord and flow_matching (the same CNF, trained
+# otherwise) are held to the CNF registration's bars (stated there, with the orders
+# tests/test_cnf.py measures). At its default 8 steps the trained ffjord
 # here had round trip 1.6e-6 and log-det errors up to 1.7e-5; a sign or stage error gives 1e-3.
 BARS = dict(round_trip=1e-8, logdet_cancel=1e-8, logdet_err=1e-6)
 _CNF = gradcheck.thresholds("CNF")[0]
-SOLVER_BARS = {"ffjord": dict(round_trip=_CNF["roundtrip"], logdet_cancel=_CNF["logdet"],
-                              logdet_err=_CNF["logdet"])}
+SOLVER_BARS = {name: dict(round_trip=_CNF["roundtrip"], logdet_cancel=_CNF["logdet"],
+                          logdet_err=_CNF["logdet"]) for name in ("ffjord", "flow_matching")}
 SHARE_TOL = 0.02  # |mass - share|: the grid's quadrature error plus a few standard errors
 
 
