@@ -261,6 +261,8 @@ def run_training(model, data, steps, batch_size, lr, out, seed=0, n_layers=None,
     if "hidden" not in inspect.signature(models.MODELS[model]).parameters:
         del kwargs["hidden"]  # planar and radial layers have no network
     if n_layers is not None:
+        if "n_layers" not in inspect.signature(models.MODELS[model]).parameters:
+            raise UsageError(f"--n-layers: {model} has a single block, no such option")
         kwargs["n_layers"] = n_layers
     flow = models.MODELS[model](2, **kwargs)
 
@@ -275,9 +277,11 @@ def run_training(model, data, steps, batch_size, lr, out, seed=0, n_layers=None,
 
 def _train_and_report(flow, model, data, x, steps, batch_size, lr, beta2, out, seed, rng,
                       warmup, clip, threads, progress, model_path, start):
-    history = train.fit(flow, x, steps=steps, batch_size=batch_size, lr=lr, rng=rng,
-                        schedule="cosine", warmup=min(warmup, steps), clip=clip,
-                        threads=threads, progress=progress, betas=(0.9, beta2))
+    # flow_matching regresses its field on straight paths; every other model: maximum likelihood
+    fit = train.fit_flow_matching if model == "flow_matching" else train.fit
+    history = fit(flow, x, steps=steps, batch_size=batch_size, lr=lr, rng=rng,
+                  schedule="cosine", warmup=min(warmup, steps), clip=clip,
+                  threads=threads, progress=progress, betas=(0.9, beta2))
     train_seconds = time.perf_counter() - start
     if history["interrupted"]:
         print(f"interrupted by Ctrl-C after {len(history['loss'])} of {steps} steps: "
@@ -297,7 +301,7 @@ def _train_and_report(flow, model, data, x, steps, batch_size, lr, beta2, out, s
     eval_done = time.perf_counter()
     written = [io.save(flow, model_path, overwrite=True)]
     written += viz.save_pictures(flow, x, out, rng=rng, data_name=data).values()
-    ax = viz.plot_loss(history, entropy=entropy)
+    ax = viz.plot_loss(history, entropy=None if model == "flow_matching" else entropy)
     written.append(os.path.join(out, "loss.png"))
     ax.figure.savefig(written[-1], dpi=120, bbox_inches="tight")
     plt.close(ax.figure)

@@ -275,7 +275,8 @@ def plot_warp(flow, x, lim=None, n_lines=9, per_row=3):
 
 
 def plot_loss(history, ax=None, entropy=None):
-    r"""Training curve from the ``history`` dict of ``nflows_edu.train.fit``; returns ``ax``.
+    r"""Training curve from the ``history`` dict of ``nflows_edu.train.fit`` (or of
+    ``train.fit_flow_matching``: its regression loss, ``train_loss``); returns ``ax``.
 
     Thin line: the minibatch loss at every step. Thick line: ``train_nll`` (its mean over each
     reporting interval). Dashed: ``val_nll`` when it was recorded. Dotted: the entropy
@@ -284,12 +285,14 @@ def plot_loss(history, ax=None, entropy=None):
     """
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 3.5))
+    matching = "train_loss" in history  # flow matching's loss, not an NLL
+    what = "flow matching loss" if matching else "NLL"
     loss = np.asarray(history["loss"], dtype=np.float64)
     steps = np.arange(1, len(loss) + 1)
-    ax.plot(steps, loss, color="tab:blue", alpha=0.3, lw=0.7, label="minibatch NLL")
+    ax.plot(steps, loss, color="tab:blue", alpha=0.3, lw=0.7, label=f"minibatch {what}")
     if len(history.get("step", [])):
-        ax.plot(history["step"], history["train_nll"], color="tab:blue", lw=2, marker="o",
-                ms=3, label="train NLL (interval mean)")
+        ax.plot(history["step"], history["train_loss" if matching else "train_nll"],
+                color="tab:blue", lw=2, marker="o", ms=3, label=f"train {what} (interval mean)")
     if len(history.get("val_nll", [])):
         ax.plot(history["step"], history["val_nll"], color="tab:orange", lw=2, ls="--",
                 marker="s", ms=3, label="validation NLL")
@@ -304,7 +307,7 @@ def plot_loss(history, ax=None, entropy=None):
     if entropy is not None:
         ax.axhline(entropy, color="k", ls=":", lw=1.2, label="entropy $H(p)$ (best possible)")
     ax.set_xlabel("step")
-    ax.set_ylabel("NLL (nats per point)")
+    ax.set_ylabel(what if matching else "NLL (nats per point)")
     ax.set_title("training loss")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")

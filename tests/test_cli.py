@@ -414,3 +414,26 @@ def test_importing_the_cli_keeps_a_notebooks_backend():
             "print(matplotlib.get_backend())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "svg"
+
+
+def test_flow_matching_trains_by_flow_matching_not_maximum_likelihood(tmp_path, monkeypatch,
+                                                                       capsys):
+    calls = []
+    real = train.fit_flow_matching
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs["steps"])
+        return real(*args, **kwargs)
+    monkeypatch.setattr(train, "fit_flow_matching", spy)
+    monkeypatch.setattr(train, "fit", lambda *a, **k: pytest.fail("trained by likelihood"))
+    argv = ["train", "--model", "flow_matching", "--data", "8gaussians", "--steps", "5",
+            "--batch-size", "64", "--hidden", "8", "--no-progress", "--out", str(tmp_path)]
+    assert cli.main(argv) == 0
+    assert calls == [5]
+    assert io.load(tmp_path / "model.npz").config["model"] == "flow_matching"
+    assert_png(tmp_path / "loss.png")
+    with open(tmp_path / "metrics.json") as f:
+        assert np.isfinite(json.load(f)["test_nll"])
+    capsys.readouterr()
+    assert cli.main(argv[:-1] + [str(tmp_path / "b"), "--n-layers", "2"]) == 2
+    assert_one_line_error(capsys.readouterr().err, "--n-layers", "flow_matching")
