@@ -13,8 +13,8 @@ t ~ U(0, 1) (N,), one per example, the straight path and its velocity are
 
     x_t = (1 - t) x_0 + t x_1,      u = d x_t / dt = x_1 - x_0,
 
-and the conditional flow matching loss (the paper's eq. 9 with sigma_min = 0, its
-"optimal transport" conditional path) is
+and the conditional flow matching loss (the paper's eq. 9 on its "optimal transport"
+conditional path of section 4.1, with sigma_min = 0: rectified flow's straight line) is
 
     L(theta) = (1 / N) sum_n sum_{i=1}^{D} (v_theta(x_t, t)[n, i] - u[n, i])^2,
 
@@ -24,8 +24,9 @@ the error). Its gradient needs only the field's VJP (``TimeField.backward``):
     dL/dv = (2 / N) (v - u)   (N, D),   dL/dtheta = VJP of v at dL/dv.
 
 The paper's theorem 2: this loss and the (intractable) marginal flow matching loss have the
-same gradient, and the field minimising it carries N(0, I) to the data distribution when
-integrated from t = 1 back to t = 0 (``CNF.inverse``, that is ``Flow.sample``).
+same gradient in theta; its theorem 1: the marginal field they both target carries N(0, I)
+to the data distribution when integrated from t = 1 back to t = 0 (``CNF.inverse``, that is
+``Flow.sample``).
 
 Minibatch optimal transport (Tong et al. 2023, arXiv:2302.00482; Pooladian et al. 2023,
 arXiv:2304.14772): the loss above pairs x_0[n] with whichever x_1[n] was drawn, so paths
