@@ -165,3 +165,18 @@ def test_cnf_refuses_bad_gradient_options():
         CNF(2, adjoint_tol=(1e-6, 1e-8))
     with pytest.raises(ValueError, match="CNF.*adjoint_tol"):
         CNF(2, gradient="adjoint", adjoint_tol=(1e-6, 0.0))
+
+
+def test_ffjord_records_the_adjoint_and_a_loaded_copy_uses_it(rng, tmp_path):
+    """``gradient`` and ``adjoint_tol`` are in the config, so save / load rebuilds a flow whose
+    blocks train with the same gradient (and files saved before the option load as discrete)."""
+    import nflows_edu as nf
+    from nflows_edu import models
+    flow = models.ffjord(2, hidden=(8,), n_steps=4, n_blocks=2, rng=rng, gradient="adjoint",
+                         adjoint_tol=(1e-6, 1e-8))
+    assert flow.config["gradient"] == "adjoint" and flow.config["adjoint_tol"] == [1e-6, 1e-8]
+    loaded = nf.load(nf.save(flow, tmp_path / "m.npz"))
+    assert [(b.gradient, b.adjoint_tol) for b in loaded.bijector.layers] == [
+        ("adjoint", (1e-6, 1e-8))] * 2
+    old_config = {k: v for k, v in flow.config.items() if k not in ("gradient", "adjoint_tol")}
+    assert all(b.gradient == "discrete" for b in models.build(old_config).bijector.layers)
