@@ -327,8 +327,8 @@ def ffjord(dim, hidden=(64, 64), n_steps=8, n_blocks=1, n_layers=None, rng=None,
     ``n_blocks`` ``CNF`` blocks, each integrating its own field v(x, t) (a tanh MLP of [x, t]
     with widths ``hidden``) from t = 0 to 1 with ``n_steps`` fixed RK4 steps, the log-det by
     the exact trace (D Jacobian-vector products per field evaluation: for small D; FFJORD's
-    Hutchinson estimator is ``TimeField.trace_forward``'s V). Trained by backpropagating
-    through the RK4 steps (discretise-then-optimise), not by the adjoint method, and with a
+    Hutchinson estimator is ``TimeField.trace_forward``'s V). Trained by default by
+    backpropagating through the RK4 steps (discretise-then-optimise), and with a forward
     fixed step rather than FFJORD's adaptive dopri5: the density is that of the discrete map's
     RK4 trace integral, within O(h^4) of the discrete map's own (``bijectors.cnf``).
     ``n_layers`` is an alias of ``n_blocks`` (the CLI's ``--n-layers``). ``gradient="adjoint"``
