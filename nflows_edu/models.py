@@ -320,18 +320,21 @@ def radial(dim, n_layers=8, rng=None, dtype=np.float64):
 
 
 def ffjord(dim, hidden=(64, 64), n_steps=8, n_blocks=1, n_layers=None, rng=None,
-           dtype=np.float64):
+           dtype=np.float64, gradient="discrete", adjoint_tol=None):
     r"""A continuous normalizing flow (Chen et al. 2018, arXiv:1806.07366; FFJORD, Grathwohl
     et al. 2019, arXiv:1810.01367) on a standard normal base.
 
     ``n_blocks`` ``CNF`` blocks, each integrating its own field v(x, t) (a tanh MLP of [x, t]
     with widths ``hidden``) from t = 0 to 1 with ``n_steps`` fixed RK4 steps, the log-det by
     the exact trace (D Jacobian-vector products per field evaluation: for small D; FFJORD's
-    Hutchinson estimator is ``TimeField.trace_forward``'s V). Trained by backpropagating
-    through the RK4 steps (discretise-then-optimise), not by the adjoint method, and with a
+    Hutchinson estimator is ``TimeField.trace_forward``'s V). Trained by default by
+    backpropagating through the RK4 steps (discretise-then-optimise), and with a forward
     fixed step rather than FFJORD's adaptive dopri5: the density is that of the discrete map's
     RK4 trace integral, within O(h^4) of the discrete map's own (``bijectors.cnf``).
-    ``n_layers`` is an alias of ``n_blocks`` (the CLI's ``--n-layers``).
+    ``n_layers`` is an alias of ``n_blocks`` (the CLI's ``--n-layers``). ``gradient="adjoint"``
+    trains with the adjoint method instead (``bijectors.cnf.cnf_adjoint_backward``: O(1) memory
+    in the steps, the continuous flow's gradient within the solver's error), its backward ODE
+    solved by RK4 in ``n_steps`` steps, or by dopri5 at ``adjoint_tol = (rtol, atol)``.
 
         log p(x) = log N(z; 0, I) + sum_k int_0^1 tr(dv_k/dx) dt
     """
@@ -340,9 +343,11 @@ def ffjord(dim, hidden=(64, 64), n_steps=8, n_blocks=1, n_layers=None, rng=None,
         raise ValueError(f"ffjord: expected a positive dim, got {dim!r}")
     n_blocks = _blocks(n_blocks, n_layers, "ffjord")
     rng = np.random.default_rng() if rng is None else rng
-    blocks = [CNF(int(dim), hidden, n_steps, rng, dtype) for _ in range(n_blocks)]
+    blocks = [CNF(int(dim), hidden, n_steps, rng, dtype, gradient, adjoint_tol)
+              for _ in range(n_blocks)]
     config = dict(model="ffjord", dim=int(dim), hidden=list(hidden), n_steps=int(n_steps),
-                  n_blocks=n_blocks, dtype=np.dtype(dtype).name)
+                  n_blocks=n_blocks, dtype=np.dtype(dtype).name, gradient=gradient,
+                  adjoint_tol=None if adjoint_tol is None else list(blocks[0].adjoint_tol))
     return Flow(Chain(blocks), StandardNormal(int(dim), dtype), config)
 
 

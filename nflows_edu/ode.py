@@ -146,7 +146,8 @@ def rk4(f, y0, t0, t1, n_steps, return_states=False):
         y = rk4_step(f, t, y, h)
         _check_finite_state(y, t + h, "rk4", f"reduce the step (more n_steps than {n_steps}) "
                             "or check the field")
-        states.append(y)
+        if return_states:   # otherwise O(1) memory in n_steps (what the adjoint method relies on)
+            states.append(y)
     if return_states:
         return y, 4 * n_steps, states
     return y, 4 * n_steps

@@ -24,8 +24,11 @@ This file holds the two pieces of the family, each with its hand-written derivat
   because the trace and its gradient are what only a continuous flow asks of a network;
 * ``CNF``: the bijector, RK4 with a fixed number of steps (``ode.rk4``) and backpropagation
   through those steps (``ode.rk4_step_backward``): the exact gradient of the discrete map
-  the forward pass computes ("discretise-then-optimise"), not the adjoint method's
-  approximation of the continuous one.
+  the forward pass computes ("discretise-then-optimise"); or, with ``gradient="adjoint"``,
+  the adjoint method (``cnf_adjoint_backward``): the continuous flow's gradient from one more
+  ODE solved backwards, O(1) memory in the steps, within the solver's error (O(h^4) for RK4,
+  about the tolerance for dopri5; tests/test_cnf_adjoint.py). The registry checks the
+  default, whose gradients are exact for the discrete map.
 
 The discrete map is what the registry checks too, and there the fixed step shows: the RK4
 inverse is RK4 run backwards, not the exact inverse of the RK4 forward map, and the RK4
@@ -39,7 +42,7 @@ import numpy as np
 from ..core import Bijector, Module, check_array
 from ..gradcheck import randomize_parameters, register
 from ..nn import MLP
-from ..ode import rk4, rk4_step_backward
+from ..ode import dopri5, rk4, rk4_step_backward
 
 
 def tanh_derivatives(a):
@@ -208,6 +211,79 @@ def hutchinson_probes(n, dim, rng, kind="gaussian", dtype=np.float64):
     return eps.astype(dtype)
 
 
+def cnf_adjoint_backward(field, end, dout, dlogdet, t0, t1, n_steps=None, tol=None):
+    r"""The adjoint method (Chen et al. 2018, section 2 and appendix B): the gradients of a
+    continuous flow's output by solving one more ODE backwards in time, with no stored path.
+
+    The map: dx/dt = v(x, t) and dl/dt = tr(dv/dx (x, t)) from t0 to t1, x(t0) the input,
+    ``end`` = x(t1) the output and l(t1) = int_{t0}^{t1} tr(dv/dx) dt its log-det (t0 = 0,
+    t1 = 1 for ``CNF.forward``; t0 = 1, t1 = 0 for ``CNF.inverse``). For the loss
+    L = <dout, x(t1)> + <dlogdet, l(t1)>, the adjoint a(t) = dL/dx(t) (N, D) and the
+    parameters' running gradient g(t) (P,) solve, from t1 back to t0,
+
+        dx/dt = v(x, t)
+        da/dt = -a^T dv/dx - dlogdet * d tr(dv/dx)/dx            (N, D)
+        dg/dt = -sum_n [a_n^T dv/dtheta + dlogdet_n d tr(dv/dx)/dtheta]   (P,)
+
+    with x(t1) = ``end``, a(t1) = ``dout``, g(t1) = 0; then dL/dx(t0) = a(t0) and
+    dL/dtheta = g(t0) = int_{t0}^{t1} [a^T dv/dtheta + dlogdet d tr/dtheta] dt. The adjoint of
+    l is constant (F = [v, tr] does not depend on l), which is why dlogdet multiplies the
+    trace terms at every t. Both right-hand sides come from one ``TimeField.trace_backward``
+    with upstream (dv, dtr) = (a, dlogdet): it returns a^T dv/dx + dlogdet d tr/dx and leaves
+    a^T dv/dtheta + dlogdet d tr/dtheta in the field's gradients (tanh'' enters there). The
+    formulas hold for t1 < t0 too (the inverse): the same ODE, integrated the other way.
+
+    x(t) is re-solved backwards from ``end`` along with a and g, so memory is O(1) in the
+    number of steps; the price is that the gradient is that of the continuous map only up to
+    the backward solve's error (and the re-solved x(t) drifts from the forward one by the
+    forward and backward solves' errors), not the exact gradient of the discrete forward map.
+
+    Parameters
+    ----------
+    field : TimeField
+    end : ndarray (N, D), x(t1)
+    dout : ndarray (N, D), dL/dx(t1)
+    dlogdet : ndarray (N,), dL/dl(t1)
+    t0, t1 : float, the forward map's start and end times
+    n_steps : int, fixed RK4 steps from t1 back to t0 (used when ``tol`` is None)
+    tol : (rtol, atol) or None, solve with ``ode.dopri5`` at these tolerances instead
+
+    Returns
+    -------
+    dx : ndarray (N, D), a(t0)
+    start : ndarray (N, D), the re-solved x(t0) (to compare with the forward's input)
+    nfe : int, evaluations of the augmented field (each one trace_forward and trace_backward)
+
+    Adds g(t0) to the field's parameter gradients (as every backward pass does); the
+    gradients already there are kept.
+    """
+    n, d = end.shape
+    grads = [g for _, _, g in field.parameters()]
+    kept = [g.copy() for g in grads]           # trace_backward adds: zero between evaluations
+
+    def unpack(s):
+        return s[:n * d].reshape(n, d), s[n * d:2 * n * d].reshape(n, d), s[2 * n * d:]
+
+    def dynamics(t, s):
+        x, a, _ = unpack(s)
+        v, _, cache = field.trace_forward(x, t)
+        field.zero_grad()
+        a_dx = field.trace_backward(a, dlogdet, cache)   # a^T dv/dx + dlogdet d tr/dx
+        return np.concatenate([v.ravel(), -a_dx.ravel()] + [-g.ravel() for g in grads])
+
+    s1 = np.concatenate([end.ravel(), dout.ravel(),
+                         np.zeros(sum(g.size for g in grads), dtype=end.dtype)])
+    if tol is None:
+        s0, nfe = rk4(dynamics, s1, t1, t0, n_steps)
+    else:
+        s0, nfe = dopri5(dynamics, s1, t1, t0, rtol=tol[0], atol=tol[1])
+    start, dx, g0 = unpack(s0)
+    offsets = np.cumsum([g.size for g in grads])[:-1]
+    for g, old, piece in zip(grads, kept, np.split(g0, offsets)):
+        g[...] = old + piece.reshape(g.shape)
+    return dx, start, nfe
+
+
 class CNF(Bijector):
     r"""Continuous normalizing flow, integrated with fixed-step RK4 and the exact trace.
 
@@ -229,6 +305,13 @@ class CNF(Bijector):
     The gradients are exact for the discrete map (they match its central differences to
     round-off), so training follows the map the forward pass really computes.
 
+    With ``gradient="adjoint"`` the forward pass keeps only its two ends, and the backward
+    pass is ``cnf_adjoint_backward``: the adjoint ODE for a(t) = dL/dx(t) and the parameter
+    gradient, solved from z back to t = 0 together with x(t), by RK4 in ``n_steps`` steps or
+    by dopri5 at ``adjoint_tol``. Memory O(1) in the number of steps; the gradient is that of
+    the continuous flow within the solvers' error (O(h^4), or about the tolerance), not the
+    exact gradient of the discrete map (tests/test_cnf_adjoint.py measures both).
+
     Parameters
     ----------
     dim : int, D
@@ -237,9 +320,15 @@ class CNF(Bijector):
         with D tangents for the trace)
     rng : numpy.random.Generator
     dtype : float dtype of the parameters
+    gradient : ``"discrete"`` (backpropagate through the RK4 steps, the default) or
+        ``"adjoint"`` (``cnf_adjoint_backward``)
+    adjoint_tol : (rtol, atol) or None; with ``gradient="adjoint"``, solve the adjoint ODE
+        with dopri5 at these tolerances instead of RK4 in ``n_steps`` steps
 
     Shapes: x, z (N, D); logdet (N,). Cache: ``{"states": [y_0, ..., y_n] (N, D + 1) each,
-    "t0", "t1", "nfe"}``.
+    "t0", "t1", "nfe"}``; with the adjoint, ``{"ends": (input, output) (N, D) each, "t0",
+    "t1", "nfe"}``, to which the backward pass adds ``"nfe_backward"`` and
+    ``"reconstruction_error"`` (max |re-solved x(t0) - input|, the backward solve's drift).
 
     References: Chen, Rubanova, Bettencourt, Duvenaud (2018), "Neural Ordinary Differential
     Equations", arXiv:1806.07366, section 4 (theorem 1); Grathwohl, Chen, Bettencourt,
@@ -247,11 +336,24 @@ class CNF(Bijector):
     "ANODE", arXiv:1902.10298 (discretise-then-optimise against the adjoint).
     """
 
-    def __init__(self, dim, hidden=(64, 64), n_steps=8, rng=None, dtype=np.float64):
+    GRADIENTS = ("discrete", "adjoint")
+
+    def __init__(self, dim, hidden=(64, 64), n_steps=8, rng=None, dtype=np.float64,
+                 gradient="discrete", adjoint_tol=None):
         super().__init__()
         if int(n_steps) != n_steps or n_steps < 1:
             raise ValueError(f"CNF: expected a positive integer n_steps, got {n_steps!r}")
+        if gradient not in self.GRADIENTS:
+            raise ValueError(f"CNF: expected gradient in {self.GRADIENTS}, got {gradient!r}")
+        if adjoint_tol is not None:
+            if gradient != "adjoint":
+                raise ValueError("CNF: adjoint_tol is for gradient='adjoint'")
+            if len(adjoint_tol) != 2 or not all(np.isfinite(v) and v > 0 for v in adjoint_tol):
+                raise ValueError(f"CNF: expected adjoint_tol = (rtol, atol), both positive, got "
+                                 f"{adjoint_tol!r}")
+            adjoint_tol = tuple(float(v) for v in adjoint_tol)
         self.dim, self.n_steps = int(dim), int(n_steps)
+        self.gradient, self.adjoint_tol = gradient, adjoint_tol
         self.field = TimeField(self.dim, hidden, rng, dtype)
 
     # ------------------------------------------------------------------ the augmented ODE
@@ -270,10 +372,22 @@ class CNF(Bijector):
 
     def _integrate(self, x, t0, t1):
         y0 = np.concatenate([x, np.zeros((x.shape[0], 1), dtype=x.dtype)], axis=1)
+        if self.gradient == "adjoint":   # keep the ends only: O(1) memory in n_steps
+            y1, nfe = rk4(self._augmented, y0, t0, t1, self.n_steps)
+            out = y1[:, :self.dim]
+            return out, y1[:, self.dim], dict(ends=(x, out), t0=t0, t1=t1, nfe=nfe)
         y1, nfe, states = rk4(self._augmented, y0, t0, t1, self.n_steps, return_states=True)
         return y1[:, :self.dim], y1[:, self.dim], dict(states=states, t0=t0, t1=t1, nfe=nfe)
 
     def _integrate_backward(self, dout, dlogdet, cache):
+        if self.gradient == "adjoint":
+            start, end = cache["ends"]
+            dx, start_again, nfe = cnf_adjoint_backward(
+                self.field, end, dout, dlogdet, cache["t0"], cache["t1"], self.n_steps,
+                self.adjoint_tol)
+            cache["nfe_backward"] = nfe
+            cache["reconstruction_error"] = float(np.abs(start_again - start).max())
+            return dx
         states, t0, t1 = cache["states"], cache["t0"], cache["t1"]
         h = (t1 - t0) / self.n_steps
         dy = np.concatenate([dout, dlogdet[:, None]], axis=1)
@@ -296,7 +410,9 @@ class CNF(Bijector):
         return self._integrate_backward(dx, dlogdet, cache)
 
     def __repr__(self):
-        return f"CNF(dim={self.dim}, n_steps={self.n_steps}, field={self.field.net!r})"
+        adjoint = "" if self.gradient == "discrete" else (
+            f", gradient='adjoint', adjoint_tol={self.adjoint_tol}")
+        return f"CNF(dim={self.dim}, n_steps={self.n_steps}{adjoint}, field={self.field.net!r})"
 
 
 # ------------------------------------------------------------------ the gradcheck registry
