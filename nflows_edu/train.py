@@ -129,6 +129,22 @@ def shuffled_batches(data, batch_size, rng):
             yield data[order[start:start + batch_size]]
 
 
+def _interrupted(guard, history, bar):
+    """Ctrl-C: it may land inside the optimizer's in-place update, so go back to the last
+    parameters that a whole step produced, and say so."""
+    guard.restore()
+    history["interrupted"] = True
+    bar.write(f"interrupted after {len(history['loss'])} steps; keeping the parameters of the "
+              "last completed step")
+
+
+def _check_last_update(params, history, stop):
+    """The last update, which no later step has looked at, must leave finite parameters."""
+    if not _all_finite(params):
+        done = len(history["loss"])
+        stop(done - 1, "its update made the parameters non-finite", kept=done)
+
+
 def _all_finite(params):
     return all(np.isfinite(p).all() for _, p, _ in params)
 
@@ -255,15 +271,8 @@ def _fit_loop(flow, data, params, opt, steps, batch_size, lr, rng, val_data, sch
                 if (step + 1) % eval_every == 0 or step + 1 == steps:
                     _evaluate(flow, history, step, eval_every, val_data, best, bar, progress)
         except KeyboardInterrupt:
-            # Ctrl-C may land inside the optimizer's in-place update: go back to the last
-            # parameters that a whole step produced.
-            guard.restore()
-            history["interrupted"] = True
-            bar.write(f"interrupted after {len(history['loss'])} steps; keeping the parameters "
-                      "of the last completed step")
-        if not _all_finite(params):  # the last update, which no later step has looked at
-            done = len(history["loss"])
-            stop(done - 1, "its update made the parameters non-finite", kept=done)
+            _interrupted(guard, history, bar)
+        _check_last_update(params, history, stop)
     bar.close()
     if best is not None and history["val_nll"]:
         flow.load_state_dict(best)
@@ -507,12 +516,7 @@ def fit_flow_matching(flow, data, steps=1000, batch_size=256, lr=1e-3, rng=None,
                     history["step"].append(step + 1)
                     history["train_loss"].append(float(np.mean(history["loss"][-eval_every:])))
         except KeyboardInterrupt:
-            guard.restore()
-            history["interrupted"] = True
-            bar.write(f"interrupted after {len(history['loss'])} steps; keeping the parameters "
-                      "of the last completed step")
-        if not _all_finite(params):  # the last update, which no later step has looked at
-            done = len(history["loss"])
-            stop(done - 1, "its update made the parameters non-finite", kept=done)
+            _interrupted(guard, history, bar)
+        _check_last_update(params, history, stop)
     bar.close()
     return history
