@@ -16,8 +16,6 @@ def random_spline(rng, n=6, dim=3, K=5, scale=1.5):
             scale * rng.standard_normal((n, dim, K - 1)))
 
 
-
-
 def test_zero_parameters_give_the_identity(rng):
     x = rng.uniform(-5, 5, (20, 2))
     uw, uh, ud = np.zeros((20, 2, 4)), np.zeros((20, 2, 4)), np.zeros((20, 2, 3))
