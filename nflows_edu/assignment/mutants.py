@@ -30,6 +30,7 @@ there the checker is right and the edit is not a bug of the map it checks.
 """
 import inspect
 import re
+import sys
 import textwrap
 from dataclasses import dataclass, field
 
@@ -104,18 +105,36 @@ class Mutant:
 def with_nested_helpers(text, ex, helpers):
     r"""``text``, the source of exercise ``ex``'s method, with the module-level functions
     ``helpers`` copied in as nested functions (after an import of the other module-level
-    names they use), in place of the import of the exercise's hidden helpers."""
+    names they use), in place of the import of the exercise's hidden helpers.
+
+    A helper is looked up in the method's module (a function it imports by name counts:
+    ``cnf.py``'s ``rk4``, defined in ``ode.py``), or else in the module of a helper named
+    before it (``rk4_step``, which ``rk4`` calls, from ``ode.py``); the other names a helper
+    uses are imported from the module that defines it."""
     from .make import insert_at_top_of_body
     module = inspect.getmodule(getattr(ex.cls, ex.method))
-    sources = [textwrap.dedent(inspect.getsource(getattr(module, h))) for h in helpers]
-    names = set(re.findall(r"\b[A-Za-z_]\w*\b", "".join(sources)))  # defaults' names too
-    own = vars(module)
-    used = sorted(n for n in names | set(ex.hide) if n in own and n not in helpers
-                  and not inspect.ismodule(own[n]) and not n.startswith("__"))
+    homes, functions = [module], []
+    for h in helpers:
+        home = next((m for m in homes if callable(vars(m).get(h))), None)
+        if home is None:
+            raise ValueError(f"helper {h!r} is neither in {module.__name__} nor in the module "
+                             "of a helper named before it")
+        functions.append(vars(home)[h])
+        homes.append(inspect.getmodule(functions[-1]))
+    sources = [textwrap.dedent(inspect.getsource(f)) for f in functions]
+    imports = {}   # module name -> names the helpers (and the hidden import) need from it
+    for f, source in zip(functions, sources):
+        names = set(re.findall(r"\b[A-Za-z_]\w*\b", source))  # defaults' names too
+        imports.setdefault(inspect.getmodule(f).__name__, set()).update(names)
+    imports.setdefault(module.__name__, set()).update(ex.hide)
     hidden_import = f"from {module.__name__} import {', '.join(ex.hide)}"
     text = "\n".join(line for line in text.splitlines() if line.strip() != hidden_import) + "\n"
     block = ["# the library's helpers, copied in as nested functions (a mutant edits them)"]
-    block += [f"from {module.__name__} import {', '.join(used)}"] if used else []
+    for name, names in imports.items():
+        own = vars(sys.modules[name])
+        used = sorted(n for n in names if n in own and n not in helpers
+                      and not inspect.ismodule(own[n]) and not n.startswith("__"))
+        block += [f"from {name} import {', '.join(used)}"] if used else []
     for source in sources:
         block += source.rstrip("\n").splitlines()
     return insert_at_top_of_body(text, block)
