@@ -30,6 +30,7 @@ there the checker is right and the edit is not a bug of the map it checks.
 """
 import inspect
 import re
+import sys
 import textwrap
 from dataclasses import dataclass, field
 
@@ -104,18 +105,36 @@ class Mutant:
 def with_nested_helpers(text, ex, helpers):
     r"""``text``, the source of exercise ``ex``'s method, with the module-level functions
     ``helpers`` copied in as nested functions (after an import of the other module-level
-    names they use), in place of the import of the exercise's hidden helpers."""
+    names they use), in place of the import of the exercise's hidden helpers.
+
+    A helper is looked up in the method's module (a function it imports by name counts:
+    ``cnf.py``'s ``rk4``, defined in ``ode.py``), or else in the module of a helper named
+    before it (``rk4_step``, which ``rk4`` calls, from ``ode.py``); the other names a helper
+    uses are imported from the module that defines it."""
     from .make import insert_at_top_of_body
     module = inspect.getmodule(getattr(ex.cls, ex.method))
-    sources = [textwrap.dedent(inspect.getsource(getattr(module, h))) for h in helpers]
-    names = set(re.findall(r"\b[A-Za-z_]\w*\b", "".join(sources)))  # defaults' names too
-    own = vars(module)
-    used = sorted(n for n in names | set(ex.hide) if n in own and n not in helpers
-                  and not inspect.ismodule(own[n]) and not n.startswith("__"))
+    homes, functions = [module], []
+    for h in helpers:
+        home = next((m for m in homes if callable(vars(m).get(h))), None)
+        if home is None:
+            raise ValueError(f"helper {h!r} is neither in {module.__name__} nor in the module "
+                             "of a helper named before it")
+        functions.append(vars(home)[h])
+        homes.append(inspect.getmodule(functions[-1]))
+    sources = [textwrap.dedent(inspect.getsource(f)) for f in functions]
+    imports = {}   # module name -> names the helpers (and the hidden import) need from it
+    for f, source in zip(functions, sources):
+        names = set(re.findall(r"\b[A-Za-z_]\w*\b", source))  # defaults' names too
+        imports.setdefault(inspect.getmodule(f).__name__, set()).update(names)
+    imports.setdefault(module.__name__, set()).update(ex.hide)
     hidden_import = f"from {module.__name__} import {', '.join(ex.hide)}"
     text = "\n".join(line for line in text.splitlines() if line.strip() != hidden_import) + "\n"
     block = ["# the library's helpers, copied in as nested functions (a mutant edits them)"]
-    block += [f"from {module.__name__} import {', '.join(used)}"] if used else []
+    for name, names in imports.items():
+        own = vars(sys.modules[name])
+        used = sorted(n for n in names if n in own and n not in helpers
+                      and not inspect.ismodule(own[n]) and not n.startswith("__"))
+        block += [f"from {name} import {', '.join(used)}"] if used else []
     for source in sources:
         block += source.rstrip("\n").splitlines()
     return insert_at_top_of_body(text, block)
@@ -433,6 +452,67 @@ MUTANTS = (
        [("tail_sums = np.cumsum(interior[..., ::-1], axis=-1)[..., ::-1]",
          "tail_sums = np.cumsum(interior, axis=-1)")],
        "gradient", helpers=("_parameter_grads", "rq_backward")),
+    # ---------------------------------------------------------------- TimeField, CNF
+    _m("TimeField.jvp_forward", "tanh' missing in the tangents",
+       "T_k = M_k instead of M_k * tanh'(a_k): the JVP of the network without its "
+       "activations' derivatives, so the trace (and the log-det) is wrong",
+       [("h, T = y, M * d1[:, None, :]", "h, T = y, M")], "log-det"),
+    _m("TimeField.jvp_forward", "tangent through the wrong rows of W_1",
+       "W_1[1:] instead of W_1[:D]: the input written [t, x] for the tangent, [x, t] for the "
+       "value, so t's row carries x_D's tangent and x_1's row none",
+       [("W_in = W[:self.dim] if k == 0 else W", "W_in = W[1:] if k == 0 else W")],
+       "log-det"),
+    _m("TimeField.trace_forward", "every entry of J summed",
+       "tr = sum_{r, i} G[n, r, i]: the sum of the whole Jacobian, not of its diagonal",
+       [('np.einsum("nri,nri->n", V, G)', "G.sum(axis=(1, 2))")], "log-det"),
+    # A student who writes CNF.forward writes RK4 too: these mutants edit the library's
+    # rk4 and rk4_step (from ode.py; cnf.py imports rk4 by name), copied into the method.
+    _m("CNF.forward", "RK4 stages weighted equally",
+       "y + h (k1 + k2 + k3 + k4) / 4 instead of y + h (k1 + 2 k2 + 2 k3 + k4) / 6: a "
+       "second-order method (sum b_i c_i^2 = 3/8, not 1/3), whose map the library's inverse "
+       "(true RK4) does not undo: round trip 3e-5 to 2e-4 at 8 steps",
+       [("return y + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)",
+         "return y + h / 4 * (k1 + k2 + k3 + k4)")],
+       "round trip", helpers=("rk4", "rk4_step")),
+    _m("CNF.forward", "midpoint stage at the step's start",
+       "k2 = f(t, y + h/2 k1) instead of f(t + h/2, ...): the field's time dependence "
+       "integrated to first order only",
+       [("k2 = f(t + h / 2, y + h / 2 * k1)", "k2 = f(t, y + h / 2 * k1)")],
+       "round trip", helpers=("rk4", "rk4_step")),
+    _m("CNF.forward", "log-det with the wrong sign",
+       "logdet = -int_0^1 tr(dv/dx) dt: the inverse's log-det (d log|det J|/dt = +tr)",
+       [("y1[:, :self.dim], y1[:, self.dim], dict", "y1[:, :self.dim], -y1[:, self.dim], dict")],
+       "log-det"),
+    _m("CNF.forward", "one step of size 1",
+       "rk4(..., 1) instead of self.n_steps: a single RK4 step over [0, 1]; the cache holds "
+       "2 states where backward reads n_steps + 1 (an IndexError), and the inverse takes "
+       "n_steps",
+       [("0.0, 1.0, self.n_steps, return_states=True", "0.0, 1.0, 1, return_states=True")],
+       "raised"),
+    _m("CNF.backward", "log-det gradient dropped",
+       "dy_n = [dz, 0]: the trace term's gradient never enters (the field trains on z alone)",
+       [("dy = np.concatenate([dz, dlogdet[:, None]], axis=1)",
+         "dy = np.concatenate([dz, 0 * dlogdet[:, None]], axis=1)")], "gradient"),
+    _m("CNF.backward", "dlogdet sign flipped",
+       "dy_n = [dz, -dlogdet]",
+       [("dy = np.concatenate([dz, dlogdet[:, None]], axis=1)",
+         "dy = np.concatenate([dz, -dlogdet[:, None]], axis=1)")], "gradient"),
+    _m("CNF.backward", "steps in forward order",
+       "for k in range(n): the VJPs of the steps applied first to last",
+       [("for k in reversed(range(self.n_steps)):", "for k in range(self.n_steps):")],
+       "gradient"),
+    _m("CNF.backward", "state after the step",
+       "each step's VJP taken at y_{k+1} instead of y_k, the state it started from",
+       [("states[k], h, dy)", "states[k + 1], h, dy)")], "gradient"),
+    _m("CNF.backward", "RK4 weights of the VJP all 1/4",
+       "dk1 = ... = dk4 = h/4 dy_next in the step's VJP: the weights h/6, h/3, h/3, h/6 "
+       "of rk4_step replaced by equal ones",
+       [("dk1 = dk4 = h / 6 * dy_next", "dk1 = dk4 = h / 4 * dy_next"),
+        ("dk2 = dk3 = h / 3 * dy_next", "dk2 = dk3 = h / 4 * dy_next")],
+       "gradient", helpers=("rk4_step_backward",)),
+    _m("CNF.backward", "stage chain broken",
+       "dk3 without + h du4 in the step's VJP: the dependence of stage 4 on k3 dropped",
+       [("dk3 = dk3 + h * du", "dk3 = dk3")], "gradient", helpers=("rk4_step_backward",)),
     # ---------------------------------------------------------------- Squeeze
     _m("Squeeze.forward", "plain reshape",
        "x.reshape(N, 4C, H/2, W/2): a permutation, but not the one unsqueeze undoes",

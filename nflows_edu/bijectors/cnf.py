@@ -398,13 +398,36 @@ class CNF(Bijector):
 
     # ------------------------------------------------------------------ the contract
     def forward(self, x):
-        return self._integrate(self._check(x), 0.0, 1.0)
+        r"""z, logdet and the cache: y(0) = [x, 0] integrated by ``n_steps`` RK4 steps from
+        t = 0 to 1 (``ode.rk4``), keeping the states at the step boundaries for ``backward``.
+
+        Written out here rather than through ``_integrate`` (which the inverse and the adjoint
+        option use) so that the discrete forward pass is one method (the exercise
+        ``CNF.forward``)."""
+        x = self._check(x)
+        if self.gradient == "adjoint":
+            return self._integrate(x, 0.0, 1.0)
+        y0 = np.concatenate([x, np.zeros((x.shape[0], 1), dtype=x.dtype)], axis=1)
+        y1, nfe, states = rk4(self._augmented, y0, 0.0, 1.0, self.n_steps, return_states=True)
+        return y1[:, :self.dim], y1[:, self.dim], dict(states=states, t0=0.0, t1=1.0, nfe=nfe)
 
     def inverse(self, z):
         return self._integrate(self._check(z), 1.0, 0.0)
 
     def backward(self, dz, dlogdet, cache):
-        return self._integrate_backward(dz, dlogdet, cache)
+        r"""dx: the VJP of the RK4 steps of ``forward``, from the last step to the first
+        (``ode.rk4_step_backward`` on each stored state), starting from dy_n = [dz, dlogdet].
+
+        Written out here, like ``forward``, so that it is one method (the exercise
+        ``CNF.backward``); the adjoint option goes through ``_integrate_backward``."""
+        if self.gradient == "adjoint":
+            return self._integrate_backward(dz, dlogdet, cache)
+        states, h = cache["states"], 1.0 / self.n_steps
+        dy = np.concatenate([dz, dlogdet[:, None]], axis=1)
+        for k in reversed(range(self.n_steps)):
+            dy = rk4_step_backward(self._augmented_cached, self._augmented_backward, k * h,
+                                   states[k], h, dy)
+        return dy[:, :self.dim]
 
     def inverse_backward(self, dx, dlogdet, cache):
         return self._integrate_backward(dx, dlogdet, cache)
@@ -442,3 +465,35 @@ register("CNF", lambda d, r: CNF(d, hidden=(8, 8), n_steps=REGISTRY_STEPS, rng=r
                 "exactly log|det| of that map's Jacobian: errors O(h^5) and O(h^4) "
                 "(tests/test_cnf.py checks the orders). The gradients are exact for the "
                 "discrete map and held to the usual 1e-6.")
+
+
+from ..assignment.catalogue import exercise  # noqa: E402
+
+exercise("TimeField.jvp_forward", TimeField, "hard",
+         "Jacobian-vector products of the field's MLP in forward mode: the tangents through "
+         "each linear layer (x's rows of W_1 only: t has no tangent) and each tanh'",
+         registry=("CNF",),
+         shapes="x (N, D), t a float or (N,), V (N, m, D) -> v (N, D), G (N, m, D) with "
+                "G[n, r] = J_n V[n, r], caches: one (h, T, d1, d2, M) per linear layer, as "
+                "jvp_backward reads them (d1, d2 = tanh', tanh'' from tanh_derivatives; None "
+                "for the last layer)")
+exercise("TimeField.trace_forward", TimeField, "easy",
+         "the exact trace of the field's Jacobian from D forward-mode JVPs (V = I), or "
+         "Hutchinson's estimate from the given tangents",
+         registry=("CNF",),
+         shapes="x (N, D), t, V None or (N, m, D) -> v (N, D), tr (N,), cache (caches, V) "
+                "as trace_backward reads it; jvp_forward gives G = J V")
+exercise("CNF.forward", CNF, "medium",
+         "the augmented state [x, 0] integrated by classical RK4 in n_steps fixed steps from "
+         "t = 0 to 1: z and the log-det int_0^1 tr(dv/dx) dt",
+         registry=("CNF",), hide=("rk4",),
+         shapes="x (N, D) -> z (N, D), logdet (N,), cache dict(states=[y_0, ..., y_n] (N, "
+                "D + 1) each, t0=0.0, t1=1.0, nfe); self._augmented(t, y) is F = [v, tr]; "
+                "the adjoint option may call self._integrate(x, 0.0, 1.0)")
+exercise("CNF.backward", CNF, "hard",
+         "discretise-then-optimise: the VJP of every RK4 step of forward, last to first, "
+         "with the gradient of the log-det carried in the augmented state",
+         registry=("CNF",), hide=("rk4_step_backward",),
+         shapes="dz (N, D), dlogdet (N,), cache (forward's: states, t0, t1) -> dx (N, D); "
+                "self._augmented_cached and self._augmented_backward are F and its VJP; the "
+                "adjoint option may call self._integrate_backward")
