@@ -35,10 +35,17 @@ PROG = "nflows-edu"
 N_TRAIN = 100_000
 N_TEST = 1_000_000  # the KL terms have a heavy tail: a million points keep its SE small
 N_TEST_FAST = 20_000  # with NFLOWS_EDU_FAST=1 (tests, notebooks in CI)
+# A continuous flow's density solves an ODE with D + 1 passes of its field per evaluation (32
+# evaluations per point): a million points took 104 s for ffjord(2), so it gets 100,000 (its
+# KL's standard error, printed, is about 3x a million points').
+N_TEST_CONTINUOUS = 100_000
+CONTINUOUS = ("ffjord", "flow_matching")
 
 
-def n_test():
-    return N_TEST_FAST if os.environ.get("NFLOWS_EDU_FAST") == "1" else N_TEST
+def n_test(model=None):
+    if os.environ.get("NFLOWS_EDU_FAST") == "1":
+        return N_TEST_FAST
+    return N_TEST_CONTINUOUS if model in CONTINUOUS else N_TEST
 # Adam's peak learning rate and warm-up: on checkerboard, 5 seeds of realnvp(2), 5000 steps,
 # batch 512, gave KL 0.096 on average (max 0.115) with these, 0.143 (max 0.177) with lr 1e-3.
 LR = 3e-3
@@ -51,7 +58,12 @@ BETA2 = 0.999      # Adam's decay rate of the running square of the gradient
 # seeds; three hidden layers and a shorter memory for Adam's squared gradient lowered its mean
 # KL over seeds on checkerboard and on 8gaussians (benchmarks/maf_toys.py prints both
 # settings seed by seed; the README quotes it).
-TOY_DEFAULTS = {"maf": dict(hidden=(64, 64, 64), beta2=0.99)}
+# A flow matching field of tanh units blurs the checkerboard's edges. Scratch screening runs
+# on checkerboard (one seed, batch 512, KL on 30,000-50,000 points): 64x64 tanh 0.42 after
+# 5000 steps and 0.22 after 40,000; 128x128x128 tanh 0.231 after 10,000; 128x128x128 after
+# 15,000 steps: SiLU 0.178, sine of frequency 3 0.112, sine of frequency 2 pi (nn.Sine) 0.097.
+TOY_DEFAULTS = {"maf": dict(hidden=(64, 64, 64), beta2=0.99),
+                "flow_matching": dict(hidden=(128, 128, 128), activation="sine")}
 
 
 class UsageError(Exception):
@@ -245,7 +257,7 @@ def run_training(model, data, steps, batch_size, lr, out, seed=0, n_layers=None,
     r"""Train ``model`` on ``data``, save it and its pictures into ``out``; returns metrics.
 
     ``hidden`` and ``beta2`` (Adam's) left at None take the model's ``TOY_DEFAULTS``, else
-    ``HIDDEN`` and ``BETA2``.
+    ``HIDDEN`` and ``BETA2``; an ``activation`` in ``TOY_DEFAULTS`` is passed to the model.
 
     The output directory is checked first, so a refused run wastes no training time. Ctrl-C
     stops the training; the model so far is evaluated and saved, and the exit code is 130.
@@ -258,6 +270,8 @@ def run_training(model, data, steps, batch_size, lr, out, seed=0, n_layers=None,
     rng = np.random.default_rng(seed)
     x = datasets.toy(data, N_TRAIN, rng)
     kwargs = dict(hidden=hidden, rng=rng, dtype=np.dtype(dtype))
+    if "activation" in own:
+        kwargs["activation"] = own["activation"]
     if "hidden" not in inspect.signature(models.MODELS[model]).parameters:
         del kwargs["hidden"]  # planar and radial layers have no network
     if n_layers is not None:
@@ -287,7 +301,7 @@ def _train_and_report(flow, model, data, x, steps, batch_size, lr, beta2, out, s
         print(f"interrupted by Ctrl-C after {len(history['loss'])} of {steps} steps: "
               "evaluating and saving the model so far")
     flow.eval()  # the density itself: exact Lipschitz bounds and log-dets, BatchNorm's averages
-    test = datasets.toy(data, n_test(), rng)
+    test = datasets.toy(data, n_test(model), rng)
     log_q = train.log_prob(flow, test)
     test_nll = float(-log_q.mean())
     print(f"test NLL: {test_nll:.4f} nats per point ({len(test):,} fresh samples)")

@@ -8,7 +8,7 @@ import numpy as np
 
 from .core import Module, check_array, check_images
 
-ACTIVATIONS = ("relu", "leaky_relu", "tanh")
+ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sine")
 
 
 class Linear(Module):
@@ -106,6 +106,8 @@ def make_activation(name):
         return LeakyReLU()
     if name == "tanh":
         return Tanh()
+    if name == "sine":
+        return Sine()
     raise ValueError(f"make_activation: expected one of {ACTIVATIONS}, got {name!r}")
 
 
@@ -149,7 +151,7 @@ class MLP(Sequential):
     ----------
     sizes : sequence of int
         ``(n_in, hidden_1, ..., n_out)``.
-    activation : {"relu", "leaky_relu", "tanh"}
+    activation : {"relu", "leaky_relu", "tanh", "sine"} (``Sine``: sin(2 pi a) / (2 pi))
     zero_last : bool
         Initialise the last Linear to zero, so the network outputs 0 at the start.
     """
@@ -296,7 +298,7 @@ class MADE(Sequential):
     hidden : sequence of int
         Hidden layer sizes, each at least D - 1 (any number of layers, also none).
     order : "natural", "reversed" or a permutation of 0..D-1 (see ``input_degrees``)
-    activation : {"relu", "leaky_relu", "tanh"}
+    activation : {"relu", "leaky_relu", "tanh", "sine"} (``Sine``: sin(2 pi a) / (2 pi))
     zero_last : bool
         Start the output layer at zero, so mu = alpha = 0 (a MAF layer is then the identity).
     n_params : int
@@ -827,7 +829,7 @@ class ConvNet(Sequential):
     ----------
     channels : sequence of int, ``(C_in, hidden_1, ..., C_out)``
     kernels : sequence of odd int, one per convolution (``len(channels) - 1``)
-    activation : {"relu", "leaky_relu", "tanh"}
+    activation : {"relu", "leaky_relu", "tanh", "sine"} (``Sine``: sin(2 pi a) / (2 pi))
     zero_last : bool, initialise the last convolution to zero
 
     Shapes: x (N, C_in, H, W) -> y (N, C_out, H, W).
@@ -907,7 +909,7 @@ class ResNet(Module):
         Channels inside the network.
     n_blocks : int, >= 0
         Number of residual blocks K.
-    activation : {"relu", "leaky_relu", "tanh"}
+    activation : {"relu", "leaky_relu", "tanh", "sine"} (``Sine``: sin(2 pi a) / (2 pi))
     zero_last : bool
         Initialise ``conv_out`` to zero.
     rng : numpy.random.Generator, optional

@@ -9,8 +9,9 @@ from nflows_edu.bijectors.cnf import CNF, TimeField, hutchinson_probes, tanh_der
 from nflows_edu.gradcheck import numerical_gradient, numerical_jacobian, rel_error
 
 
-def moved_field(rng, dim=3, hidden=(8, 8)):
-    return gradcheck.randomize_parameters(TimeField(dim, hidden, rng=rng), rng, 0.5)
+def moved_field(rng, dim=3, hidden=(8, 8), activation="tanh"):
+    return gradcheck.randomize_parameters(TimeField(dim, hidden, rng=rng, activation=activation),
+                                          rng, 0.5)
 
 
 def test_tanh_second_derivative_matches_central_differences(rng):
@@ -43,8 +44,9 @@ def test_field_depends_on_time(rng):
     assert np.abs(field.forward(x, 0.0)[0] - field.forward(x, 1.0)[0]).max() > 1e-3
 
 
-def test_exact_trace_is_the_trace_of_the_numerical_jacobian(rng):
-    field = moved_field(rng, dim=4)
+@pytest.mark.parametrize("activation", ["tanh", "sine"])
+def test_exact_trace_is_the_trace_of_the_numerical_jacobian(activation, rng):
+    field = moved_field(rng, dim=4, activation=activation)
     x, t = rng.standard_normal((6, 4)), 0.8
     v, tr, _ = field.trace_forward(x, t)
     J = numerical_jacobian(lambda u: field.forward(u, t)[0], x)
@@ -52,11 +54,13 @@ def test_exact_trace_is_the_trace_of_the_numerical_jacobian(rng):
     np.testing.assert_allclose(tr, np.trace(J, axis1=1, axis2=2), atol=1e-8)
 
 
-@pytest.mark.parametrize("probe", ["exact", "gaussian", "rademacher"])
-def test_trace_vjp_matches_central_differences(probe, rng):
+@pytest.mark.parametrize("probe, activation", [("exact", "tanh"), ("gaussian", "tanh"),
+                                               ("rademacher", "tanh"), ("exact", "sine"),
+                                               ("rademacher", "sine")])
+def test_trace_vjp_matches_central_differences(probe, activation, rng):
     """The gradient of sum(dv * v) + sum(dtr * tr) for x and every parameter, with the
-    tangents V held fixed: this is where tanh'' enters."""
-    field = moved_field(rng)
+    tangents V held fixed: this is where tanh'' (or the sine's phi'') enters."""
+    field = moved_field(rng, activation=activation)
     x, t = rng.standard_normal((5, 3)), 0.6
     V = None if probe == "exact" else hutchinson_probes(5, 3, rng, probe)
     v, tr, cache = field.trace_forward(x, t, V)
@@ -165,7 +169,7 @@ def test_ffjord_saved_and_loaded_reproduces_outputs_exactly(dtype, rng, tmp_path
         models.ffjord(2, hidden=(8, 8), n_steps=4, n_blocks=2, rng=rng, dtype=dtype), rng, 0.2)
     assert flow.config == dict(model="ffjord", dim=2, hidden=[8, 8], n_steps=4, n_blocks=2,
                                dtype=np.dtype(dtype).name, gradient="discrete", adjoint_tol=None,
-                               trace="exact")
+                               trace="exact", activation="tanh")
     loaded = nf.load(nf.save(flow, tmp_path / "m.npz"))
     x = rng.standard_normal((10, 2))
     assert flow.log_prob(x).dtype == dtype
@@ -282,3 +286,21 @@ def test_hutchinson_adjoint_uses_the_forward_probes(rng):
                                                          layer.parameters()])
     assert rel_error(grads["adjoint"], grads["discrete"]) < 1e-6
     assert rel_error(grads["exact"], grads["discrete"]) > 1e-3
+
+
+def test_field_refuses_an_unknown_activation(rng):
+    with pytest.raises(ValueError, match="TimeField.*activation"):
+        TimeField(2, activation="relu", rng=rng)   # relu'' = 0: no trace gradient to speak of
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_sine_field_cnf_passes_the_registry_checks_at_cnfs_bars(seed):
+    """The registered CNF has tanh; a sine field changes only phi, phi', phi'' (checked
+    above), and the whole layer passes the same checks at the same bars."""
+    rng = np.random.default_rng(seed)
+    layer = gradcheck.randomize_parameters(
+        CNF(3, (8, 8), n_steps=8, rng=rng, activation="sine"), rng, 0.3)
+    report = gradcheck.check_bijector(layer, rng.standard_normal((6, 3)), rng)
+    report.thresholds = gradcheck.thresholds("CNF")[0]
+    assert report.passed(), str(report)
+    assert report.max_grad_error < gradcheck.THRESHOLDS["grad"]

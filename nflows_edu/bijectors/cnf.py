@@ -43,7 +43,7 @@ import numpy as np
 
 from ..core import Bijector, Module, check_array
 from ..gradcheck import randomize_parameters, register
-from ..nn import MLP
+from ..nn import MLP, Sine
 from ..ode import dopri5, rk4, rk4_step_backward
 
 
@@ -56,7 +56,8 @@ def tanh_derivatives(a):
 
 
 class TimeField(Module):
-    r"""A time-dependent vector field ``v(x, t)``: an MLP of the input [x, t] with tanh.
+    r"""A time-dependent vector field ``v(x, t)``: an MLP of the input [x, t] with tanh (or
+    sine) activations.
 
     Forward:  h_0 = [x, t]  (N, D + 1);   a_k = h_{k-1} @ W_k + b_k;   h_k = tanh(a_k)  (k < K);
               v = a_K  (N, D)
@@ -67,7 +68,10 @@ class TimeField(Module):
               T_0 = V;   M_k = T_{k-1} @ W_k  (W_1[:D] for k = 1);   T_k = M_k * d1_k;
               G = M_K  (N, m, D),  so G[n, r] = J_n V[n, r],  J_n = dv/dx at example n
     with d1_k = tanh'(a_k) = 1 - h_k^2 and d2_k = tanh''(a_k) = -2 h_k d1_k
-    (``tanh_derivatives``).
+    (``tanh_derivatives``). With ``activation="sine"`` every tanh above is
+    phi(a) = sin(2 pi a) / (2 pi), d1 = cos(2 pi a), d2 = -2 pi sin(2 pi a) (``nn.Sine``):
+    periodic units draw the sharp edges of a density (the checkerboard's squares) that a tanh
+    field blurs.
 
     Trace (``trace_forward``): tr = sum_{r, i} V[n, r, i] G[n, r, i], that is
               V = I (m = D, the D JVP passes as one batched pass): tr = sum_i J_ii, exact;
@@ -87,22 +91,29 @@ class TimeField(Module):
     hidden : sequence of int, the hidden widths
     rng : numpy.random.Generator
     dtype : float dtype of the parameters
+    activation : ``"tanh"`` or ``"sine"``
 
     Shapes: x (N, D), t a float or (N,) (``forward`` and ``jvp_forward``: one time per
     example), v (N, D), V (N, m, D), G (N, m, D), tr (N,). The parameters
-    are those of ``self.net``, an ``nn.MLP((D + 1, *hidden, D), "tanh")``.
+    are those of ``self.net``, an ``nn.MLP((D + 1, *hidden, D), activation)``.
 
     References: Grathwohl, Chen, Bettencourt, Sutskever, Duvenaud (2019), "FFJORD",
     arXiv:1810.01367, section 3.1 (the Hutchinson estimator); Hutchinson (1989), Commun.
     Stat. Simul. Comput. 18(3).
     """
 
-    def __init__(self, dim, hidden=(64, 64), rng=None, dtype=np.float64):
+    ACTIVATIONS = {"tanh": tanh_derivatives, "sine": Sine().derivatives}
+
+    def __init__(self, dim, hidden=(64, 64), rng=None, dtype=np.float64, activation="tanh"):
         super().__init__()
         if int(dim) != dim or dim < 1:
             raise ValueError(f"TimeField: expected a positive integer dim, got {dim!r}")
-        self.dim = int(dim)
-        self.net = MLP((self.dim + 1, *hidden, self.dim), "tanh", rng=rng, dtype=dtype)
+        if activation not in self.ACTIVATIONS:
+            raise ValueError(f"TimeField: expected activation in {tuple(self.ACTIVATIONS)}, got "
+                             f"{activation!r}")
+        self.dim, self.activation = int(dim), activation
+        self.derivatives = self.ACTIVATIONS[activation]   # a -> (phi(a), phi'(a), phi''(a))
+        self.net = MLP((self.dim + 1, *hidden, self.dim), activation, rng=rng, dtype=dtype)
 
     def _input(self, x, t):
         """[x, t]: t as one more column, one time for every example (a scalar t, as the ODE
@@ -145,7 +156,7 @@ class TimeField(Module):
             if k == len(linears) - 1:
                 caches.append((h, T, None, None, M))
                 return a, M, caches
-            y, d1, d2 = tanh_derivatives(a)
+            y, d1, d2 = self.derivatives(a)   # tanh_derivatives(a) for tanh
             caches.append((h, T, d1, d2, M))
             h, T = y, M * d1[:, None, :]
 
@@ -155,7 +166,7 @@ class TimeField(Module):
         dh, dT = dv, dG
         linears = self._linears()
         for k in reversed(range(len(linears))):
-            h, T, d1, d2, M = caches[k]   # d1, d2: tanh'(a_k), tanh''(a_k)
+            h, T, d1, d2, M = caches[k]   # d1, d2: phi'(a_k), phi''(a_k)
             layer = linears[k]
             if k == len(linears) - 1:
                 da, dM = dh, dT
@@ -319,6 +330,7 @@ class CNF(Bijector):
     ----------
     dim : int, D
     hidden : sequence of int, the field's hidden widths
+    activation : the field's, ``"tanh"`` or ``"sine"`` (``TimeField``)
     n_steps : int, RK4 steps from t = 0 to 1 (4 n_steps evaluations of the field, each
         with D tangents for the trace)
     rng : numpy.random.Generator, for the initialisation and Hutchinson's probes
@@ -350,7 +362,7 @@ class CNF(Bijector):
     TRACES = ("exact", "hutchinson")
 
     def __init__(self, dim, hidden=(64, 64), n_steps=8, rng=None, dtype=np.float64,
-                 gradient="discrete", adjoint_tol=None, trace="exact"):
+                 gradient="discrete", adjoint_tol=None, trace="exact", activation="tanh"):
         super().__init__()
         if int(n_steps) != n_steps or n_steps < 1:
             raise ValueError(f"CNF: expected a positive integer n_steps, got {n_steps!r}")
@@ -368,7 +380,7 @@ class CNF(Bijector):
         self.dim, self.n_steps = int(dim), int(n_steps)
         self.gradient, self.adjoint_tol, self.trace = gradient, adjoint_tol, trace
         self.rng = np.random.default_rng() if rng is None else rng
-        self.field = TimeField(self.dim, hidden, self.rng, dtype)
+        self.field = TimeField(self.dim, hidden, self.rng, dtype, activation)
 
     # ------------------------------------------------------------------ the augmented ODE
     def _probes(self, x):
