@@ -168,17 +168,3 @@ register("MAF(reference)",
          lambda d, r: MAF(d, (max(6, d),), _order(d, r), "tanh", s_max=2.0, rng=r,
                           use_kernel=False))
 register("IAF", lambda d, r: IAF(d, (max(8, d),) * 2, _order(d, r), "tanh", s_max=2.0, rng=r))
-
-
-from ..assignment.catalogue import exercise  # noqa: E402
-
-exercise("MAF.backward", MAF, "medium",
-         "MAF's density-direction VJP: through exp(-alpha), the log-det and the MADE",
-         registry=("MAF",),
-         shapes="dz (N, D), dlogdet (N,), cache (z, alpha, exp(-alpha), made_cache) -> "
-                "dx (N, D); add the MADE's gradients (made.backward)")
-exercise("MAF.inverse", MAF, "medium",
-         "MAF's sampling direction: the sequential loop, one feature at a time in the order",
-         registry=("MAF(reference)",),
-         shapes="z (N, D) -> x (N, D), logdet (N,) = +sum_i alpha_i, cache None; "
-                "loop over self.made.order, one MADE pass (self.made._forward) per feature")

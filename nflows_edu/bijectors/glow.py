@@ -332,39 +332,3 @@ register("Invertible1x1Conv", lambda d, r: Invertible1x1Conv(d, rng=r), inputs=_
          randomize=_randomize_conv)
 register("LUInvertible1x1Conv", lambda d, r: LUInvertible1x1Conv(d, rng=r), inputs=_images,
          randomize=_randomize_conv)
-
-
-from ..assignment.catalogue import exercise  # noqa: E402
-
-exercise("ActNorm.forward", ActNorm, "easy",
-         "Glow's per-channel affine map on images, log-det H W sum log_s",
-         registry=("ActNorm",),
-         shapes="x (N, C, H, W) -> z (N, C, H, W), logdet (N,), cache = x (what backward "
-                "reads)")
-exercise("ActNorm.backward", ActNorm, "easy",
-         "ActNorm's VJP: sums over examples and pixels, the H W factor of the log-det",
-         registry=("ActNorm",),
-         shapes="dz (N, C, H, W), dlogdet (N,), cache x -> dx (N, C, H, W); add dlog_s (C,), "
-                "db (C,)")
-exercise("ActNorm.inverse_backward", ActNorm, "easy",
-         "the VJP of ActNorm's inverse", registry=("ActNorm",),
-         shapes="dx (N, C, H, W), dlogdet (N,), cache x -> dz (N, C, H, W); add dlog_s (C,), "
-                "db (C,)")
-exercise("Invertible1x1Conv.backward", Invertible1x1Conv, "medium",
-         "the VJP of a per-pixel channel mix, and the gradient of H W log|det W|",
-         registry=("Invertible1x1Conv",),
-         shapes="dz (N, C, H, W), dlogdet (N,), cache (x, W) -> dx (N, C, H, W); add dW (C, C) "
-                "(through self.weight_backward)")
-exercise("Invertible1x1Conv.inverse_backward", Invertible1x1Conv, "hard",
-         "the VJP of the inverse: through V = W^{-1}, dW = -V^T dV V^T",
-         registry=("Invertible1x1Conv",),
-         shapes="dx (N, C, H, W), dlogdet (N,), cache (z, W, V) -> dz (N, C, H, W); add dW "
-                "(C, C) (through self.weight_backward)")
-exercise("LUInvertible1x1Conv.log_abs_det", LUInvertible1x1Conv, "easy",
-         "log|det W| of W = P L U in O(C): only the diagonal of U counts",
-         registry=("LUInvertible1x1Conv",), shapes="W (C, C) -> float, from self.params")
-exercise("LUInvertible1x1Conv.weight_backward", LUInvertible1x1Conv, "hard",
-         "gradients of the LU factors (L, U, log_s) from dW and the log-det's gradient",
-         registry=("LUInvertible1x1Conv",),
-         shapes="dW (C, C), dlogabsdet float, W (C, C) -> None; add dL, dU (C, C), "
-                "dlog_s (C,) into self.grads")

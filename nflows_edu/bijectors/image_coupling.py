@@ -11,7 +11,6 @@ learned prior is the same map again, with a single convolution as the net (``Spl
 """
 import numpy as np
 
-from ..assignment.catalogue import exercise
 from ..core import Bijector, check_finite, check_images
 from ..gradcheck import randomize_parameters, register
 from ..nn import ConvNet, ResNet
@@ -409,9 +408,3 @@ register("ImageSpline(channel)",
                                           n_bins=int(r.integers(2, 6)), bound=2.0, rng=r),
          inputs=_spline_images, randomize=_randomize_coupling, max_dim=_MAX_CHANNELS,
          entries=48)
-
-exercise("ImageAffineCoupling.backward", ImageAffineCoupling, "medium",
-         "RealNVP's affine coupling on images: the VJP through the mask, the soft bound and "
-         "the convolutional net", registry=("ImageCoupling(checkerboard)",
-                                            "ImageCoupling(channel)"),
-         shapes="dz (N, C, H, W), dlogdet (N,), cache (x, s, m, net_cache) -> dx (N, C, H, W)")

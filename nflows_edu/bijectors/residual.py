@@ -324,18 +324,3 @@ register("ResidualBlock(sigma>c)",
          lambda d, r: ResidualBlock(d, (8, 8), c=0.8, activation="sine", solver="anderson",
                                     power_iterations=0, rng=r).eval(),
          randomize=_randomize_lipschitz(1.5))
-
-
-from ..assignment.catalogue import exercise  # noqa: E402
-
-exercise("ResidualBlock.inverse", ResidualBlock, "medium",
-         "the fixed-point inverse x <- z - g(x) of a contractive residual block",
-         registry=("ResidualBlock",),
-         shapes="z (N, D) -> x (N, D), logdet (N,) = -log det(I + J_g(x)), cache as forward's "
-                "(plus iterations, steps); stop at self.tol, raise after self.max_iter",
-         hide=("fixed_point", "anderson"))
-exercise("ResidualBlock._logdet_backward", ResidualBlock, "hard",
-         "the exact log-det's gradient: d log det A = tr(A^{-1} dA), through g's Jacobian",
-         registry=("ResidualBlock", "ResidualBlock(sigma>c)"),
-         shapes="dg (N, D) or None, dlogdet (N,), lcache (gcache, A (N, D, D)) -> dx (N, D); "
-                "use self.g.jvp_backward(dg, dG, gcache) with dG (N, D, D)")

@@ -451,26 +451,3 @@ register("SplineCoupling",
          lambda d, r: SplineCoupling(_random_mask(d, r), (8,), "tanh", n_bins=int(r.integers(2, 6)),
                                      bound=2.0, rng=r),
          inputs=_spline_inputs, randomize=_randomize_coupling)
-
-
-from ..assignment.catalogue import exercise  # noqa: E402
-
-exercise("RQSpline.forward", RQSpline, "medium",
-         "the rational-quadratic spline: knots from softmax and softplus, the bin of each "
-         "point, g(x) and log g'(x) (equations 4 and 5), identity tails",
-         registry=("RQSpline",), extra=("spline_knots",), hide=("rq_forward",),
-         shapes="x (N, D) -> z (N, D), logdet (N,) summed over features, cache (what "
-                "backward reads); the parameters uw, uh (D, K), ud (D, K - 1) are "
-                "self.params; spline_knots gives the knots")
-exercise("RQSpline.inverse", RQSpline, "hard",
-         "the spline's inverse: the bin among the y-knots, then the root of a quadratic in "
-         "its stable form (equations 6-8)",
-         registry=("RQSpline",), extra=("spline_knots",), hide=("rq_inverse",),
-         shapes="z (N, D) -> x (N, D), logdet (N,) = -sum log g'(x), cache (what "
-                "inverse_backward reads)")
-exercise("RQSpline.backward", RQSpline, "hard",
-         "the spline's VJP for x and for uw, uh, ud: through the bin's six numbers, the "
-         "knots (a reversed cumulative sum), the softmax and the softplus",
-         registry=("RQSpline",), hide=("rq_backward",),
-         shapes="dz (N, D), dlogdet (N,), cache (as forward returns it) -> dx (N, D); add "
-                "the gradients of uw (D, K), uh (D, K), ud (D, K - 1), summed over the batch")
