@@ -18,7 +18,7 @@ import numpy as np
 
 from ..core import Bijector
 from ..gradcheck import register
-from ..nn import LipschitzMLP, _check_lipschitz_bound
+from ..nn import LipschitzMLP, check_lipschitz_bound
 
 LOGDET_MODES = ("exact", "series", "roulette")
 EXACT_MAX_DIM = 16  # evaluation uses the exact log-det up to this D (slogdet of D x D)
@@ -184,7 +184,7 @@ class ResidualBlock(Bijector):
                  power_iterations=1, eval_logdet=None, eval_seed=0, rng=None,
                  dtype=np.float64):
         super().__init__()
-        c = _check_lipschitz_bound(c, "ResidualBlock")
+        c = check_lipschitz_bound(c, "ResidualBlock")
         eval_logdet = default_eval_logdet(dim, logdet) if eval_logdet is None else eval_logdet
         for name, mode in (("logdet", logdet), ("eval_logdet", eval_logdet)):
             if mode not in LOGDET_MODES:
