@@ -112,7 +112,8 @@ exercise("MAF.inverse", MAF, "medium",
          "MAF's sampling direction: the sequential loop, one feature at a time in the order",
          registry=("MAF(reference)",),
          shapes="z (N, D) -> x (N, D), logdet (N,) = +sum_i alpha_i, cache None; "
-                "loop over self.made.order, one MADE pass (self.made._forward) per feature")
+                "loop over self.made.order, one MADE pass (self.made._forward) per feature",
+         hide=("maf_inverse_reference",))  # the loop itself, beside MAF
 
 
 # ------------------------------------------------------------------ bijectors.cnf

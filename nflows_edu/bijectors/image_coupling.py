@@ -1,6 +1,6 @@
 r"""RealNVP's affine coupling on images (N, C, H, W), with checkerboard and channel masks.
 
-The math is the vector ``AffineCoupling``'s (the same functions from ``coupling.py``), written
+The math is the vector ``AffineCoupling``'s (the same functions, from ``affine.py``), written
 with a binary mask ``m`` of the image's shape instead of index sets (RealNVP, eq. 9):
 
     z = m * x + (1 - m) * (x * exp(s) + t),   (r, t_raw) = net(m * x)
@@ -14,8 +14,8 @@ import numpy as np
 from ..core import Bijector, check_finite, check_images
 from ..gradcheck import randomize_parameters, register
 from ..nn import ConvNet, ResNet
-from .coupling import (affine_backward, affine_forward, affine_inverse,
-                       affine_inverse_backward, soft_bound, soft_bound_backward)
+from .affine import (affine_backward, affine_forward, affine_inverse, affine_inverse_backward,
+                     soft_bound, soft_bound_backward)
 from .spline import (DEFAULT_MIN, _randomize_coupling, check_spline_options, rq_backward,
                      rq_forward, rq_inverse, rq_inverse_backward)
 
