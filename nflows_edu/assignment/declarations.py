@@ -241,8 +241,8 @@ exercise("ResidualBlock.inverse", ResidualBlock, "medium",
 exercise("ResidualBlock._logdet_backward", ResidualBlock, "hard",
          "the exact log-det's gradient: d log det A = tr(A^{-1} dA), through g's Jacobian",
          registry=("ResidualBlock", "ResidualBlock(sigma>c)"),
-         shapes="dg (N, D) or None, dlogdet (N,), lcache (gcache, A (N, D, D)) -> dx (N, D); "
-                "use self.g.jvp_backward(dg, dG, gcache) with dG (N, D, D)")
+         shapes="dg (N, D) or None, dlogdet (N,), lcache (mode 'exact', gcache, A (N, D, D)) "
+                "-> dx (N, D); use self.g.jvp_backward(dg, dG, gcache) with dG (N, D, D)")
 
 
 # ------------------------------------------------------------------ bijectors.reshape

@@ -13,7 +13,7 @@ arXiv:1807.03039.
 import numpy as np
 
 from ..core import Bijector, check_images
-from ..gradcheck import register
+from ..gradcheck import randomize_parameters, register
 
 
 def _per_channel(v):
@@ -314,17 +314,13 @@ def _randomize_actnorm(layer, rng, scale):
     c = layer.channels
     x = rng.standard_normal((3, c, 2, 2)) * np.exp(_per_channel(rng.standard_normal(c)))
     layer.initialize(x + _per_channel(rng.standard_normal(c)))
-    for _, p, _ in layer.parameters():
-        p += scale * rng.standard_normal(p.shape)
-    return layer
+    return randomize_parameters(layer, rng, scale)
 
 
 def _randomize_conv(layer, rng, scale):
     """Small moves (0.2 * scale * N(0, 1)) off the random rotation: W stays well conditioned,
     so the round trip through V = W^{-1} is exact to round-off."""
-    for _, p, _ in layer.parameters():
-        p += 0.2 * scale * rng.standard_normal(p.shape)
-    return layer
+    return randomize_parameters(layer, rng, 0.2 * scale)
 
 
 register("ActNorm", lambda d, r: ActNorm(d), inputs=_images, randomize=_randomize_actnorm)

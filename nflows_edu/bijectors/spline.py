@@ -46,7 +46,7 @@ its gradient at a knot is the one of bin k (the right-hand one).
 import numpy as np
 
 from ..core import Bijector, check_finite
-from ..gradcheck import register
+from ..gradcheck import randomize_parameters, register
 
 DEFAULT_MIN = 1e-3  # minimum bin width, bin height and derivative
 
@@ -432,17 +432,13 @@ def _randomize_spline(layer, rng, scale):
     """Half the registry's usual move: the parameters are K-way softmax logits, and at the full
     scale some draws give bins of slope 0.01 beside slope 50, where the central differences of
     the checks (not the layer) lose their accuracy."""
-    for _, p, _ in layer.parameters():
-        p += 0.5 * scale * rng.standard_normal(p.shape)
-    return layer
+    return randomize_parameters(layer, rng, 0.5 * scale)
 
 
 def _randomize_coupling(layer, rng, scale):
     """A quarter of the usual move for the coupling's net: its outputs (the logits) sum over
     up to 11 conditioning features, so they spread more than a single spline's parameters."""
-    for _, p, _ in layer.parameters():
-        p += 0.25 * scale * rng.standard_normal(p.shape)
-    return layer
+    return randomize_parameters(layer, rng, 0.25 * scale)
 
 
 register("RQSpline", lambda d, r: RQSpline(d, n_bins=int(r.integers(2, 7)), bound=2.0),

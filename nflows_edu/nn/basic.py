@@ -113,8 +113,10 @@ class Sequential(Module):
     Forward:  h_0 = x;  h_k = layer_k(h_{k-1});  y = h_K
     Backward: dh_K = dy;  dh_{k-1} = layer_k.backward(dh_k), from the last layer to the first.
 
-    ``layers`` is a list of modules; ``forward`` checks the input, ``_forward`` skips the check
-    for a caller that has checked it already (a coupling layer checks its own input).
+    ``layers`` is a list of modules. ``Sequential.forward`` is ``_forward`` and checks nothing
+    (it does not know the input's width); ``MLP``, ``MADE`` and ``ConvNet`` override ``forward``
+    to check the input first, and ``_forward`` skips the check for a caller that has checked it
+    already (a coupling layer checks its own input).
     """
 
     def __init__(self, layers=()):
