@@ -318,14 +318,16 @@ def radial(dim, n_layers=8, rng=None, dtype=np.float64):
 
 
 def ffjord(dim, hidden=(64, 64), n_steps=8, n_blocks=1, n_layers=None, rng=None,
-           dtype=np.float64, gradient="discrete", adjoint_tol=None):
+           dtype=np.float64, gradient="discrete", adjoint_tol=None, trace="exact"):
     r"""A continuous normalizing flow (Chen et al. 2018, arXiv:1806.07366; FFJORD, Grathwohl
     et al. 2019, arXiv:1810.01367) on a standard normal base.
 
     ``n_blocks`` ``CNF`` blocks, each integrating its own field v(x, t) (a tanh MLP of [x, t]
     with widths ``hidden``) from t = 0 to 1 with ``n_steps`` fixed RK4 steps, the log-det by
-    the exact trace (D Jacobian-vector products per field evaluation: for small D; FFJORD's
-    Hutchinson estimator is ``TimeField.trace_forward``'s V). Trained by default by
+    the exact trace (D Jacobian-vector products per field evaluation: for small D), or with
+    ``trace="hutchinson"`` by FFJORD's estimator in training mode (one probe, one
+    Jacobian-vector product per evaluation whatever D; ``eval()`` still takes the exact
+    trace, so ``log_prob`` is the density). Trained by default by
     backpropagating through the RK4 steps (discretise-then-optimise), and with a forward
     fixed step rather than FFJORD's adaptive dopri5: the density is that of the discrete map's
     RK4 trace integral, within O(h^4) of the discrete map's own (``bijectors.cnf``).
@@ -341,21 +343,24 @@ def ffjord(dim, hidden=(64, 64), n_steps=8, n_blocks=1, n_layers=None, rng=None,
         raise ValueError(f"ffjord: expected a positive dim, got {dim!r}")
     n_blocks = _blocks(n_blocks, n_layers, "ffjord")
     rng = np.random.default_rng() if rng is None else rng
-    blocks = [CNF(int(dim), hidden, n_steps, rng, dtype, gradient, adjoint_tol)
+    blocks = [CNF(int(dim), hidden, n_steps, rng, dtype, gradient, adjoint_tol, trace)
               for _ in range(n_blocks)]
     config = dict(model="ffjord", dim=int(dim), hidden=list(hidden), n_steps=int(n_steps),
                   n_blocks=n_blocks, dtype=np.dtype(dtype).name, gradient=gradient,
-                  adjoint_tol=None if adjoint_tol is None else list(blocks[0].adjoint_tol))
+                  adjoint_tol=None if adjoint_tol is None else list(blocks[0].adjoint_tol),
+                  trace=trace)
     return Flow(Chain(blocks), StandardNormal(int(dim), dtype), config)
 
 
-def flow_matching(dim, hidden=(64, 64), n_steps=8, rng=None, dtype=np.float64):
+def flow_matching(dim, hidden=(64, 64), n_steps=8, rng=None, dtype=np.float64, trace="exact"):
     r"""A continuous flow to train by flow matching (Lipman et al. 2023, arXiv:2210.02747;
     rectified flow, Liu et al. 2023, arXiv:2209.03003) on a standard normal base.
 
     The architecture is ``ffjord``'s with one block: a ``CNF`` whose field v(x, t) (a tanh MLP
     of [x, t], widths ``hidden``) is integrated from t = 0 (data) to 1 (noise) with
-    ``n_steps`` RK4 steps and the exact trace. What differs is the training:
+    ``n_steps`` RK4 steps and the exact trace (``trace="hutchinson"``: Hutchinson's estimate
+    in training mode, as ``ffjord``; training by flow matching never takes the trace). What
+    differs is the training:
     ``train.fit_flow_matching`` regresses v on the straight paths x_t = (1 - t) x_0 + t x_1
     (``flow_matching``), with no ODE solve; ``train.fit`` (maximum likelihood) works too.
 
@@ -366,8 +371,8 @@ def flow_matching(dim, hidden=(64, 64), n_steps=8, rng=None, dtype=np.float64):
         raise ValueError(f"flow_matching: expected a positive dim, got {dim!r}")
     rng = np.random.default_rng() if rng is None else rng
     config = dict(model="flow_matching", dim=int(dim), hidden=list(hidden),
-                  n_steps=int(n_steps), dtype=np.dtype(dtype).name)
-    return Flow(Chain([CNF(int(dim), hidden, n_steps, rng, dtype)]),
+                  n_steps=int(n_steps), dtype=np.dtype(dtype).name, trace=trace)
+    return Flow(Chain([CNF(int(dim), hidden, n_steps, rng, dtype, trace=trace)]),
                 StandardNormal(int(dim), dtype), config)
 
 

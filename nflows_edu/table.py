@@ -13,7 +13,12 @@ A flow is used four ways, and a family is fast at some and slow at others:
 ``D`` when feature i needs features 1..i-1 first (MAF's sampling, IAF's density: a naive
 implementation reruns the MADE D times; ``nflows_edu.kernels`` does the D dependent steps at the
 cost of about one pass). Planar and radial layers have no network: ``1`` means one projection
-of the batch, ``1 + Newton`` a projection plus a scalar root-finding per example.
+of the batch, ``1 + Newton`` a projection plus a scalar root-finding per example. Continuous
+flows (FFJORD, flow matching) have one ``CNF`` block and count field evaluations instead: 8
+RK4 steps are 32 evaluations of the field in every direction, each with one Jacobian-vector
+product for Hutchinson's trace (the table's flows are in training mode; ``eval()`` takes the
+exact trace, D of them); flow matching trains by regressing the field at one time per point,
+one evaluation and no ODE.
 
 ``FAMILIES`` is data: a new family joins the table by appending a ``Family``.
 """
@@ -23,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from . import models, train
+from . import flow_matching, models, train
 from .optim import Adam
 
 OPERATIONS = ("inference", "sampling", "density", "training")
@@ -36,13 +41,17 @@ class Family:
     name : str
     build : callable ``(dim, rng, hidden, dtype) -> Flow``
     passes : dict operation -> str, the network passes per layer for each of ``OPERATIONS``
-    trains : "forward" (maximum likelihood) or "inverse" (reverse KL)
+    trains : "forward" (maximum likelihood), "inverse" (reverse KL) or "flow matching" (the
+        regression of ``train.fit_flow_matching``, for a flow of one ``CNF``)
+    repeats : int or None, at most this many timed calls (for families whose every call takes
+        seconds; None: the table's ``repeats``)
     """
 
     name: str
     build: object
     passes: dict = field(default_factory=dict)
     trains: str = "forward"
+    repeats: object = None
 
 
 N_LAYERS = 5
@@ -86,6 +95,16 @@ FAMILIES = [
         d, N_LAYERS, hidden, logdet="roulette", rng=rng, dtype=dtype),
         dict(inference="root finding", sampling="root finding", density="root finding",
              training="root finding")),
+    # Continuous flows: one CNF block (its field has the table's hidden widths), 8 RK4 steps.
+    Family("FFJORD", lambda d, rng, hidden, dtype: models.ffjord(
+        d, hidden, n_steps=8, trace="hutchinson", rng=rng, dtype=dtype),
+        dict(inference="32 evals + 32 JVPs", sampling="32 evals + 32 JVPs",
+             density="32 evals + 32 JVPs", training="32 + 32, then their VJPs"), repeats=1),
+    Family("FlowMatch", lambda d, rng, hidden, dtype: models.flow_matching(
+        d, hidden, n_steps=8, trace="hutchinson", rng=rng, dtype=dtype),
+        dict(inference="32 evals + 32 JVPs", sampling="32 evals + 32 JVPs",
+             density="32 evals + 32 JVPs", training="1 eval (no ODE)"),
+        trains="flow matching", repeats=1),
 ]
 
 
@@ -139,6 +158,10 @@ def time_family(family, dim, n, hidden, repeats, dtype=np.float64, seed=0):
     def train_step():
         if family.trains == "forward":
             flow.loss_and_grad(x)
+        elif family.trains == "flow matching":   # x as data, noise paired at random times
+            field = flow_matching.field_of(flow, "table")
+            field.zero_grad()
+            flow_matching.cfm_loss_and_grad(field, x, z, rng.uniform(size=n))
         else:
             train.reverse_kl_loss_and_grad(flow, z, log_target, lambda v: -v)
         opt.step()
@@ -148,6 +171,7 @@ def time_family(family, dim, n, hidden, repeats, dtype=np.float64, seed=0):
                sampling=lambda: flow.sample(n, rng),
                density=lambda: flow.log_prob(x),
                training=train_step)
+    repeats = repeats if family.repeats is None else min(repeats, family.repeats)
     times = {op: _best_time(ops[op], repeats) for op in OPERATIONS}
     # mean solver iterations per block in each direction (none for the other families)
     iterations = {"inference": _iterations(flow.bijector.forward(x)[2]),
@@ -188,7 +212,10 @@ def format_table(rows, dims, n, hidden, repeats, dtype=np.float64):
              "in order;",
              "        (a/b it) = mean solver iterations per block, each a network pass, at each D;"
              " series/roulette: the stochastic log-det's extra passes)",
-             "training: one Adam step, maximum likelihood (ML) or reverse KL (RKL)",
+             "training: one Adam step, maximum likelihood (ML), reverse KL (RKL) or flow "
+             "matching (FM)",
+             "FFJORD, FlowMatch: one CNF, 8 RK4 steps (32 field evaluations per direction), "
+             "Hutchinson's trace (1 JVP each); timed once, after a warm-up call",
              ""]
     header = (f"{'family':9s} {'operation':17s} {'passes':26s}"
               + "".join(f"{'D=' + str(d):>10s}" for d in dims) + f"{f'{hi}/{lo}':>8s}")
@@ -199,7 +226,7 @@ def format_table(rows, dims, n, hidden, repeats, dtype=np.float64):
         previous = row["family"]
         op = row["operation"]
         if op == "training":
-            op += " (ML)" if row["trains"] == "forward" else " (RKL)"
+            op += {"forward": " (ML)", "inverse": " (RKL)"}.get(row["trains"], " (FM)")
         ratio = row["times"][hi] / row["times"][lo]
         lines.append(f"{name:9s} {op:17s} {row['passes']:26s}"
                      + "".join(f"{1e3 * row['times'][d]:10.3f}" for d in dims)

@@ -150,7 +150,8 @@ def test_adjoint_memory_does_not_grow_with_the_steps():
     n = 1000
     (adj8, cache), (adj64, _) = peak_memory(8, "adjoint", n), peak_memory(64, "adjoint", n)
     arrays = [v for v in cache.values() if isinstance(v, np.ndarray)]
-    assert set(cache) == {"ends", "t0", "t1", "nfe", "nfe_backward", "reconstruction_error"}
+    assert set(cache) == {"ends", "t0", "t1", "nfe", "V", "nfe_backward", "reconstruction_error"}
+    assert cache["V"] is None   # the exact trace: no probes
     assert not arrays and [e.shape for e in cache["ends"]] == [(n, 2), (n, 2)]
     assert cache["reconstruction_error"] < 1e-6     # the backward re-solve found the input
     assert adj64 <= 1.05 * adj8, (adj8, adj64)

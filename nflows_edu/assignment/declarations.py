@@ -136,15 +136,16 @@ exercise("CNF.forward", CNF, "medium",
          "t = 0 to 1: z and the log-det int_0^1 tr(dv/dx) dt",
          registry=("CNF",), hide=("rk4",),
          shapes="x (N, D) -> z (N, D), logdet (N,), cache dict(states=[y_0, ..., y_n] (N, "
-                "D + 1) each, t0=0.0, t1=1.0, nfe); self._augmented(t, y) is F = [v, tr]; "
-                "the adjoint option may call self._integrate(x, 0.0, 1.0)")
+                "D + 1) each, t0=0.0, t1=1.0, nfe, V); V = self._probes(x) (None: the exact "
+                "trace) and self._augmented(t, y, V) is F = [v, tr]; the adjoint option may "
+                "call self._integrate(x, 0.0, 1.0)")
 exercise("CNF.backward", CNF, "hard",
          "discretise-then-optimise: the VJP of every RK4 step of forward, last to first, "
          "with the gradient of the log-det carried in the augmented state",
          registry=("CNF",), hide=("rk4_step_backward",),
-         shapes="dz (N, D), dlogdet (N,), cache (forward's: states, t0, t1) -> dx (N, D); "
-                "self._augmented_cached and self._augmented_backward are F and its VJP; the "
-                "adjoint option may call self._adjoint_backward")
+         shapes="dz (N, D), dlogdet (N,), cache (forward's: states, t0, t1, V) -> dx (N, D); "
+                "self._augmented_cached(t, y, V) and self._augmented_backward are F and its "
+                "VJP; the adjoint option may call self._adjoint_backward")
 
 
 # ------------------------------------------------------------------ bijectors.elementwise

@@ -37,6 +37,8 @@ is O(h^4), h = 1 / n_steps, RK4's order; the round trip's is O(h^5), since a ste
 local error C h^5 changes sign with h and the inverse's step -h undoes it to leading order
 (see the registration at the end of the file, and tests/test_cnf.py).
 """
+from functools import partial
+
 import numpy as np
 
 from ..core import Bijector, Module, check_array
@@ -211,7 +213,7 @@ def hutchinson_probes(n, dim, rng, kind="gaussian", dtype=np.float64):
     return eps.astype(dtype)
 
 
-def cnf_adjoint_backward(field, end, dout, dlogdet, t0, t1, n_steps=None, tol=None):
+def cnf_adjoint_backward(field, end, dout, dlogdet, t0, t1, n_steps=None, tol=None, V=None):
     r"""The adjoint method (Chen et al. 2018, section 2 and appendix B): the gradients of a
     continuous flow's output by solving one more ODE backwards in time, with no stored path.
 
@@ -247,6 +249,7 @@ def cnf_adjoint_backward(field, end, dout, dlogdet, t0, t1, n_steps=None, tol=No
     t0, t1 : float, the forward map's start and end times
     n_steps : int, fixed RK4 steps from t1 back to t0 (used when ``tol`` is None)
     tol : (rtol, atol) or None, solve with ``ode.dopri5`` at these tolerances instead
+    V : ndarray (N, 1, D) or None, the forward's Hutchinson probes (None: the exact trace)
 
     Returns
     -------
@@ -266,7 +269,7 @@ def cnf_adjoint_backward(field, end, dout, dlogdet, t0, t1, n_steps=None, tol=No
 
     def dynamics(t, s):
         x, a, _ = unpack(s)
-        v, _, cache = field.trace_forward(x, t)
+        v, _, cache = field.trace_forward(x, t, V)
         field.zero_grad()
         a_dx = field.trace_backward(a, dlogdet, cache)   # a^T dv/dx + dlogdet d tr/dx
         return np.concatenate([v.ravel(), -a_dx.ravel()] + [-g.ravel() for g in grads])
@@ -318,16 +321,23 @@ class CNF(Bijector):
     hidden : sequence of int, the field's hidden widths
     n_steps : int, RK4 steps from t = 0 to 1 (4 n_steps evaluations of the field, each
         with D tangents for the trace)
-    rng : numpy.random.Generator
+    rng : numpy.random.Generator, for the initialisation and Hutchinson's probes
     dtype : float dtype of the parameters
+    trace : ``"exact"`` (D tangents per evaluation, the default) or ``"hutchinson"``
+        (FFJORD's estimator in training mode: one Rademacher probe eps per example, drawn
+        from ``rng`` at each call and kept for the whole solve, tr ~ eps^T (dv/dx) eps, one
+        tangent per evaluation whatever D; an unbiased estimate of the log-det, whose
+        gradient is the exact gradient of that estimate). Evaluation mode (``eval()``)
+        always takes the exact trace, so ``log_prob`` is the density and deterministic
     gradient : ``"discrete"`` (backpropagate through the RK4 steps, the default) or
         ``"adjoint"`` (``cnf_adjoint_backward``)
     adjoint_tol : (rtol, atol) or None; with ``gradient="adjoint"``, solve the adjoint ODE
         with dopri5 at these tolerances instead of RK4 in ``n_steps`` steps
 
     Shapes: x, z (N, D); logdet (N,). Cache: ``{"states": [y_0, ..., y_n] (N, D + 1) each,
-    "t0", "t1", "nfe"}``; with the adjoint, ``{"ends": (input, output) (N, D) each, "t0",
-    "t1", "nfe"}``, to which the backward pass adds ``"nfe_backward"`` and
+    "t0", "t1", "nfe", "V"}``, V the Hutchinson probes (N, 1, D) or None for the exact trace;
+    with the adjoint, ``{"ends": (input, output) (N, D) each, "t0", "t1", "nfe", "V"}``, to
+    which the backward pass adds ``"nfe_backward"`` and
     ``"reconstruction_error"`` (max |re-solved x(t0) - input|, the backward solve's drift).
 
     References: Chen, Rubanova, Bettencourt, Duvenaud (2018), "Neural Ordinary Differential
@@ -337,14 +347,17 @@ class CNF(Bijector):
     """
 
     GRADIENTS = ("discrete", "adjoint")
+    TRACES = ("exact", "hutchinson")
 
     def __init__(self, dim, hidden=(64, 64), n_steps=8, rng=None, dtype=np.float64,
-                 gradient="discrete", adjoint_tol=None):
+                 gradient="discrete", adjoint_tol=None, trace="exact"):
         super().__init__()
         if int(n_steps) != n_steps or n_steps < 1:
             raise ValueError(f"CNF: expected a positive integer n_steps, got {n_steps!r}")
         if gradient not in self.GRADIENTS:
             raise ValueError(f"CNF: expected gradient in {self.GRADIENTS}, got {gradient!r}")
+        if trace not in self.TRACES:
+            raise ValueError(f"CNF: expected trace in {self.TRACES}, got {trace!r}")
         if adjoint_tol is not None:
             if gradient != "adjoint":
                 raise ValueError("CNF: adjoint_tol is for gradient='adjoint'")
@@ -353,17 +366,26 @@ class CNF(Bijector):
                                  f"{adjoint_tol!r}")
             adjoint_tol = tuple(float(v) for v in adjoint_tol)
         self.dim, self.n_steps = int(dim), int(n_steps)
-        self.gradient, self.adjoint_tol = gradient, adjoint_tol
-        self.field = TimeField(self.dim, hidden, rng, dtype)
+        self.gradient, self.adjoint_tol, self.trace = gradient, adjoint_tol, trace
+        self.rng = np.random.default_rng() if rng is None else rng
+        self.field = TimeField(self.dim, hidden, self.rng, dtype)
 
     # ------------------------------------------------------------------ the augmented ODE
-    def _augmented_cached(self, t, y):
-        """F(t, y) = [v, tr(dv/dx)] (N, D + 1) and the field's cache."""
-        v, tr, cache = self.field.trace_forward(y[:, :self.dim], t)
+    def _probes(self, x):
+        """Hutchinson's probes V (N, 1, D) for this call (training mode with
+        ``trace="hutchinson"``), else None: the exact trace."""
+        if self.trace == "exact" or not self.training:
+            return None
+        return hutchinson_probes(x.shape[0], self.dim, self.rng, "rademacher", x.dtype)
+
+    def _augmented_cached(self, t, y, V=None):
+        """F(t, y) = [v, tr(dv/dx)] (N, D + 1) and the field's cache; the trace exact, or
+        Hutchinson's with the probes V (N, 1, D)."""
+        v, tr, cache = self.field.trace_forward(y[:, :self.dim], t, V)
         return np.concatenate([v, tr[:, None]], axis=1), cache
 
-    def _augmented(self, t, y):
-        return self._augmented_cached(t, y)[0]
+    def _augmented(self, t, y, V=None):
+        return self._augmented_cached(t, y, V)[0]
 
     def _augmented_backward(self, dF, cache):
         """VJP of F with respect to y = [x, l]: F does not depend on l (a zero column)."""
@@ -372,18 +394,21 @@ class CNF(Bijector):
 
     def _integrate(self, x, t0, t1):
         y0 = np.concatenate([x, np.zeros((x.shape[0], 1), dtype=x.dtype)], axis=1)
+        V = self._probes(x)
+        F = partial(self._augmented, V=V)
         if self.gradient == "adjoint":   # keep the ends only: O(1) memory in n_steps
-            y1, nfe = rk4(self._augmented, y0, t0, t1, self.n_steps)
+            y1, nfe = rk4(F, y0, t0, t1, self.n_steps)
             out = y1[:, :self.dim]
-            return out, y1[:, self.dim], dict(ends=(x, out), t0=t0, t1=t1, nfe=nfe)
-        y1, nfe, states = rk4(self._augmented, y0, t0, t1, self.n_steps, return_states=True)
-        return y1[:, :self.dim], y1[:, self.dim], dict(states=states, t0=t0, t1=t1, nfe=nfe)
+            return out, y1[:, self.dim], dict(ends=(x, out), t0=t0, t1=t1, nfe=nfe, V=V)
+        y1, nfe, states = rk4(F, y0, t0, t1, self.n_steps, return_states=True)
+        return y1[:, :self.dim], y1[:, self.dim], dict(states=states, t0=t0, t1=t1, nfe=nfe,
+                                                       V=V)
 
     def _adjoint_backward(self, dout, dlogdet, cache):
         start, end = cache["ends"]
         dx, start_again, nfe = cnf_adjoint_backward(
             self.field, end, dout, dlogdet, cache["t0"], cache["t1"], self.n_steps,
-            self.adjoint_tol)
+            self.adjoint_tol, cache.get("V"))
         cache["nfe_backward"] = nfe
         cache["reconstruction_error"] = float(np.abs(start_again - start).max())
         return dx
@@ -399,9 +424,12 @@ class CNF(Bijector):
         x = self._check(x)
         if self.gradient == "adjoint":
             return self._integrate(x, 0.0, 1.0)
+        V = self._probes(x)   # None: the exact trace
+        F = partial(self._augmented, V=V)
         y0 = np.concatenate([x, np.zeros((x.shape[0], 1), dtype=x.dtype)], axis=1)
-        y1, nfe, states = rk4(self._augmented, y0, 0.0, 1.0, self.n_steps, return_states=True)
-        return y1[:, :self.dim], y1[:, self.dim], dict(states=states, t0=0.0, t1=1.0, nfe=nfe)
+        y1, nfe, states = rk4(F, y0, 0.0, 1.0, self.n_steps, return_states=True)
+        return y1[:, :self.dim], y1[:, self.dim], dict(states=states, t0=0.0, t1=1.0, nfe=nfe,
+                                                       V=V)
 
     def inverse(self, z):
         return self._integrate(self._check(z), 1.0, 0.0)
@@ -418,10 +446,10 @@ class CNF(Bijector):
             return self._adjoint_backward(dz, dlogdet, cache)
         states, t0 = cache["states"], cache["t0"]
         h = (cache["t1"] - t0) / self.n_steps
+        F = partial(self._augmented_cached, V=cache.get("V"))   # the forward's probes, if any
         dy = np.concatenate([dz, dlogdet[:, None]], axis=1)
         for k in reversed(range(self.n_steps)):
-            dy = rk4_step_backward(self._augmented_cached, self._augmented_backward,
-                                   t0 + k * h, states[k], h, dy)
+            dy = rk4_step_backward(F, self._augmented_backward, t0 + k * h, states[k], h, dy)
         return dy[:, :self.dim]
 
     def inverse_backward(self, dx, dlogdet, cache):
@@ -431,7 +459,9 @@ class CNF(Bijector):
     def __repr__(self):
         adjoint = "" if self.gradient == "discrete" else (
             f", gradient='adjoint', adjoint_tol={self.adjoint_tol}")
-        return f"CNF(dim={self.dim}, n_steps={self.n_steps}{adjoint}, field={self.field.net!r})"
+        trace = "" if self.trace == "exact" else ", trace='hutchinson'"
+        return (f"CNF(dim={self.dim}, n_steps={self.n_steps}{adjoint}{trace}, "
+                f"field={self.field.net!r})")
 
 
 # ------------------------------------------------------------------ the gradcheck registry
