@@ -12,9 +12,9 @@ are at least half of the step. Anchor: a PyTorch Glow of that size took 0.22 s p
 How it is measured
 ------------------
 1. Step time: the median of ``--repeats`` steps; from the same steps, the medians of the time
-   in the Adam update and, by a timer put around ``nn.im2col``, in the patch copies (the
+   in the Adam update and, by a timer put around ``nn.conv.im2col``, in the patch copies (the
    timer costs about a microsecond per call).
-2. Recording: for ``--record`` more steps, ``nflows_edu.nn.matmul`` (the one name every
+2. Recording: for ``--record`` more steps, ``nflows_edu.nn.conv.matmul`` (the one name every
    ``Conv2d`` product is called through) and the 1x1 convolution's two helpers
    ``bijectors.glow._mix`` and ``_outer_sum`` are replaced by recorders that keep the operands
    of every product (the arrays themselves: their shapes, dtypes and memory layouts, so a
@@ -154,11 +154,11 @@ class Patches:
             return wrap
 
         if self.record:
-            self._patch(nn, "matmul", record_matmul)
+            self._patch(nn.conv, "matmul", record_matmul)
             self._patch(glow_module, "_mix", record_mix)
             self._patch(glow_module, "_outer_sum", record_outer_sum)
         else:
-            self._patch(nn, "im2col", timer("im2col"))
+            self._patch(nn.conv, "im2col", timer("im2col"))
         return self
 
     def __exit__(self, *exc):

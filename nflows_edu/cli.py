@@ -17,59 +17,23 @@ whose loss became NaN). Those are reported as one line ``nflows-edu: error: ...`
 without a traceback; anything else is a bug and keeps its traceback.
 """
 import argparse
-import inspect
-import json
 import math
 import os
 import sys
-import time
 
 import matplotlib
-import matplotlib.pyplot as plt
 import numpy as np
 
-from . import __version__, datasets, gradcheck, io, models, train, viz
-from .threads import blas_threads, choose_threads
+from . import __version__, datasets, gradcheck, io, models, recipes, train
+# the runs are recipes (recipes.py); the CLI parses its arguments into a recipes.Run. The names
+# below stay importable from here: benchmarks and notebooks use cli.run_training, cli.LR, ...
+from .recipes import (BETA2, CLIP, CONTINUOUS, DIGITS_ACTIVATION,  # noqa: F401
+                      DIGITS_COPIES, DIGITS_EVAL_EVERY, DIGITS_HIDDEN, DIGITS_LR, DIGITS_MODELS,
+                      DIGITS_TEMPERATURES, DIGITS_TEST_COPIES, HIDDEN, LR, N_TEST,
+                      N_TEST_CONTINUOUS, N_TEST_FAST, N_TRAIN, TOY_DEFAULTS, WARMUP, UsageError,
+                      n_test, run_digits, run_training)
 
 PROG = "nflows-edu"
-N_TRAIN = 100_000
-N_TEST = 1_000_000  # the KL terms have a heavy tail: a million points keep its SE small
-N_TEST_FAST = 20_000  # with NFLOWS_EDU_FAST=1 (tests, notebooks in CI)
-# A continuous flow's density solves an ODE with D + 1 passes of its field per evaluation (32
-# evaluations per point): a million points took 104 s for ffjord(2), so it gets 100,000 (its
-# KL's standard error, printed, is about 3x a million points').
-N_TEST_CONTINUOUS = 100_000
-CONTINUOUS = ("ffjord", "flow_matching")
-
-
-def n_test(model=None):
-    if os.environ.get("NFLOWS_EDU_FAST") == "1":
-        return N_TEST_FAST
-    return N_TEST_CONTINUOUS if model in CONTINUOUS else N_TEST
-# Adam's peak learning rate and warm-up: on checkerboard, 5 seeds of realnvp(2), 5000 steps,
-# batch 512, gave KL 0.096 on average (max 0.115) with these, 0.143 (max 0.177) with lr 1e-3.
-LR = 3e-3
-WARMUP = 200
-CLIP = 100.0
-HIDDEN = (64, 64)  # hidden widths of every network on the 2-D toys
-BETA2 = 0.999      # Adam's decay rate of the running square of the gradient
-# A model's own defaults on the 2-D toys, where they differ from HIDDEN and BETA2. With 64x64
-# MADEs and beta2 0.999, maf(2) (5000 steps, batch 512) missed KL 0.10 on checkerboard for most
-# seeds; three hidden layers and a shorter memory for Adam's squared gradient lowered its mean
-# KL over seeds on checkerboard and on 8gaussians (benchmarks/maf_toys.py prints both
-# settings seed by seed; the README quotes it).
-# A flow matching field of tanh units blurs the checkerboard's edges. Scratch screening runs
-# on checkerboard (one seed, batch 512, KL on 30,000-50,000 points): 64x64 tanh 0.42 after
-# 5000 steps and 0.22 after 40,000; 128x128x128 tanh 0.231 after 10,000; 128x128x128 after
-# 15,000 steps: SiLU 0.178, sine of frequency 3 0.112, sine of frequency 2 pi (nn.Sine) 0.097.
-TOY_DEFAULTS = {"maf": dict(hidden=(64, 64, 64), beta2=0.99),
-                "flow_matching": dict(hidden=(128, 128, 128), activation="sine")}
-
-
-class UsageError(Exception):
-    """A mistake in the command line or its inputs: reported in one line, exit code 2."""
-
-
 # Errors a user can cause (bad arguments and model files become UsageError on the way).
 # Anything else is a bug in the library and should keep its traceback.
 USER_ERRORS = (UsageError, OSError, train.NonFiniteLossError)
@@ -221,120 +185,10 @@ def build_parser():
 
 
 # ------------------------------------------------------------------ commands
-def _prepare_out(out, overwrite):
-    """Refuse an --out that cannot take the results, before any training time is spent."""
-    model_path = os.path.join(out, "model.npz")
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise UsageError(f"--out {out} is a file; expected a directory to write into")
-    if os.path.exists(model_path) and not overwrite:
-        raise UsageError(f"{model_path} exists; pass --overwrite to replace it")
-    os.makedirs(out, exist_ok=True)
-    if not os.access(out, os.W_OK):
-        raise UsageError(f"--out {out}: the directory is not writable")
-    return model_path
-
-
-def _write_metrics(out, written, metrics):
-    """Write ``metrics.json`` into ``out``, list every file written, return ``metrics``."""
-    written.append(os.path.join(out, "metrics.json"))
-    with open(written[-1], "w") as f:
-        json.dump(metrics, f, indent=2)
-        f.write("\n")
-    print("wrote:")
-    for path in written:
-        print(f"  {path}")
-    parts = [f"training {metrics['train_seconds']:.1f} s"]
-    parts += [f"{name} {metrics[key]:.1f} s" for name, key in
-              (("evaluation", "eval_seconds"), ("pictures and saving", "pictures_seconds"))
-              if key in metrics]
-    print(f"wall time: {metrics['seconds']:.1f} s ({', '.join(parts)})")
-    return metrics
-
-
-def run_training(model, data, steps, batch_size, lr, out, seed=0, n_layers=None,
-                 hidden=None, dtype="float64", overwrite=False, progress=True,
-                 warmup=WARMUP, clip=CLIP, threads="auto", beta2=None):
-    r"""Train ``model`` on ``data``, save it and its pictures into ``out``; returns metrics.
-
-    ``hidden`` and ``beta2`` (Adam's) left at None take the model's ``TOY_DEFAULTS``, else
-    ``HIDDEN`` and ``BETA2``; an ``activation`` in ``TOY_DEFAULTS`` is passed to the model.
-
-    The output directory is checked first, so a refused run wastes no training time. Ctrl-C
-    stops the training; the model so far is evaluated and saved, and the exit code is 130.
-    """
-    start = time.perf_counter()
-    model_path = _prepare_out(out, overwrite)
-    own = TOY_DEFAULTS.get(model, {})
-    hidden = tuple(own.get("hidden", HIDDEN) if hidden is None else hidden)
-    beta2 = own.get("beta2", BETA2) if beta2 is None else beta2
-    rng = np.random.default_rng(seed)
-    x = datasets.toy(data, N_TRAIN, rng)
-    kwargs = dict(hidden=hidden, rng=rng, dtype=np.dtype(dtype))
-    if "activation" in own:
-        kwargs["activation"] = own["activation"]
-    if "hidden" not in inspect.signature(models.MODELS[model]).parameters:
-        del kwargs["hidden"]  # planar and radial layers have no network
-    if n_layers is not None:
-        if "n_layers" not in inspect.signature(models.MODELS[model]).parameters:
-            raise UsageError(f"--n-layers: {model} has a single block, no such option")
-        kwargs["n_layers"] = n_layers
-    flow = models.MODELS[model](2, **kwargs)
-
-    n_threads = choose_threads(threads, flow, batch_size)
-    print(f"training {model} ({flow.num_params()} parameters) on {data} for {steps} steps, "
-          f"batch {batch_size}, lr {lr} (warm-up {warmup} steps, then cosine decay), "
-          f"Adam beta2 {beta2:g}, BLAS threads: {n_threads or 'library default'}")
-    with blas_threads(n_threads):  # the evaluation's large batches too
-        return _train_and_report(flow, model, data, x, steps, batch_size, lr, beta2, out, seed,
-                                 rng, warmup, clip, n_threads, progress, model_path, start)
-
-
-def _train_and_report(flow, model, data, x, steps, batch_size, lr, beta2, out, seed, rng,
-                      warmup, clip, threads, progress, model_path, start):
-    # flow_matching regresses its field on straight paths; every other model: maximum likelihood
-    fit = train.fit_flow_matching if model == "flow_matching" else train.fit
-    history = fit(flow, x, steps=steps, batch_size=batch_size, lr=lr, rng=rng,
-                  schedule="cosine", warmup=min(warmup, steps), clip=clip,
-                  threads=threads, progress=progress, betas=(0.9, beta2))
-    train_seconds = time.perf_counter() - start
-    if history["interrupted"]:
-        print(f"interrupted by Ctrl-C after {len(history['loss'])} of {steps} steps: "
-              "evaluating and saving the model so far")
-    flow.eval()  # the density itself: exact Lipschitz bounds and log-dets, BatchNorm's averages
-    test = datasets.toy(data, n_test(model), rng)
-    log_q = train.log_prob(flow, test)
-    test_nll = float(-log_q.mean())
-    print(f"test NLL: {test_nll:.4f} nats per point ({len(test):,} fresh samples)")
-    kl = kl_se = entropy = None
-    if data in datasets.CLOSED_FORM_NAMES:
-        entropy = datasets.toy_entropy(data)
-        kl, kl_se = datasets.kl_estimate(data, test, log_q)
-        print(f"KL(p || q) = mean of log p(x) - log q(x) = {kl:.4f} +- {kl_se:.4f} nats "
-              f"(standard error; entropy H(p) = {entropy:.4f})")
-
-    eval_done = time.perf_counter()
-    written = [io.save(flow, model_path, overwrite=True)]
-    written += viz.save_pictures(flow, x, out, rng=rng, data_name=data).values()
-    ax = viz.plot_loss(history, entropy=None if model == "flow_matching" else entropy)
-    written.append(os.path.join(out, "loss.png"))
-    ax.figure.savefig(written[-1], dpi=120, bbox_inches="tight")
-    plt.close(ax.figure)
-
-    seconds = time.perf_counter() - start
-    metrics = dict(model=model, data=data, steps=len(history["loss"]), batch_size=batch_size,
-                   lr=lr, beta2=beta2, warmup=warmup, seed=seed, test_nll=test_nll, kl=kl,
-                   kl_se=kl_se, n_test=len(test), interrupted=history["interrupted"],
-                   train_seconds=round(train_seconds, 3),
-                   eval_seconds=round(eval_done - start - train_seconds, 3),
-                   pictures_seconds=round(time.perf_counter() - eval_done, 3),
-                   seconds=round(seconds, 3))
-    return _write_metrics(out, written, metrics)
-
-
 def cmd_demo(args):
-    metrics = run_training("realnvp", args.data, args.steps, 512, LR, args.out, seed=args.seed,
-                           dtype=args.dtype, overwrite=True, progress=not args.no_progress,
-                           threads=args.threads)
+    metrics = recipes.run(recipes.Run("realnvp", args.data, args.steps, 512, LR, args.out,
+                                      seed=args.seed, dtype=args.dtype, overwrite=True,
+                                      progress=not args.no_progress, threads=args.threads))
     return 130 if metrics["interrupted"] else 0
 
 
@@ -355,120 +209,15 @@ def cmd_train(args):
             raise UsageError("--hidden and --beta2 are for the 2-D toys: on digits the MADEs "
                              f"have {','.join(map(str, DIGITS_HIDDEN))} hidden units and Adam "
                              f"keeps its default beta2 {BETA2:g}")
-        run_digits(args.model, args.steps, args.batch_size, args.lr, args.out, seed=args.seed,
-                   n_layers=args.n_layers, dtype=args.dtype, overwrite=args.overwrite,
-                   progress=not args.no_progress, warmup=args.warmup, clip=args.clip,
-                   coupling=args.coupling)
+    config = recipes.Run(args.model, args.data, args.steps, args.batch_size, args.lr, args.out,
+                         seed=args.seed, n_layers=args.n_layers, hidden=args.hidden,
+                         dtype=args.dtype, overwrite=args.overwrite,
+                         progress=not args.no_progress, warmup=args.warmup, clip=args.clip,
+                         threads=args.threads, beta2=args.beta2, coupling=args.coupling)
+    metrics = recipes.run(config)
+    if args.data == "digits":
         return 0
-    metrics = run_training(args.model, args.data, args.steps, args.batch_size, args.lr, args.out,
-                           seed=args.seed, n_layers=args.n_layers, hidden=args.hidden,
-                           dtype=args.dtype, overwrite=args.overwrite,
-                           progress=not args.no_progress, warmup=args.warmup, clip=args.clip,
-                           threads=args.threads, beta2=args.beta2)
     return 130 if metrics["interrupted"] else 0
-
-
-# ------------------------------------------------------------------ digits
-DIGITS_COPIES = 16      # dequantised copies of the training images (fresh noise in each)
-DIGITS_TEST_COPIES = 8  # dequantisations of the test images averaged for test_nll
-DIGITS_EVAL_EVERY = 50  # it overfits within a few hundred steps: look often
-# The MADEs and the learning rate on digits, from runs of 3000 steps at batch 128 (test
-# bits/dim, ReLU unless said): hidden (256, 256) 2.284 with lr 3e-3, 2.290 with lr 1e-3;
-# hidden (512, 512) 2.258 with lr 1e-3, 2.262 with lr 5e-4, 2.284 with lr 2e-3, and with tanh
-# 2.232 with lr 1e-3.
-DIGITS_HIDDEN = (512, 512)
-DIGITS_ACTIVATION = "tanh"
-DIGITS_LR = 1e-3
-DIGITS_MODELS = ("maf", "nsf", "glow", "realnvp_image")  # take pixel_levels, train by max. likelihood
-DIGITS_TEMPERATURES = (0.5, 0.75, 1.0)  # samples.png: one grid per sampling temperature
-
-
-def run_digits(model, steps, batch_size, lr, out, seed=0, n_layers=None, dtype="float64",
-               overwrite=False, progress=True, warmup=WARMUP, clip=CLIP, coupling=None):
-    r"""Train ``model`` on the 8x8 digits; save it, ``metrics.json`` and a grid of samples.
-
-    The flow models dequantised pixels v = x + u in [0, 17)^64 (``models.maf(...,
-    pixel_levels=17)``). It trains on DIGITS_COPIES dequantised copies of the 1,257 training
-    images, is evaluated every DIGITS_EVAL_EVERY steps on the 270 validation images, and keeps
-    the parameters with the best validation NLL (``train.fit(..., keep_best=True)``: the
-    data set is small and overfits). ``test_nll`` (nats per image) and ``test_bpd``
-    (``datasets.bits_per_dim``) average DIGITS_TEST_COPIES dequantisations of the 270 test
-    images. The MADEs (``maf``) and the coupling nets (``nsf``) have DIGITS_HIDDEN hidden
-    units and DIGITS_ACTIVATION (``--hidden`` is for the 2-D data). ``coupling`` is glow's
-    (``models.glow(..., coupling=...)``; None keeps its default, affine).
-    """
-    if model not in DIGITS_MODELS:
-        raise UsageError(f"--data digits trains by maximum likelihood a model that models "
-                         f"pixels: expected --model {' or '.join(DIGITS_MODELS)}, got {model!r}")
-    from .bijectors import dequantize
-
-    start = time.perf_counter()
-    model_path = os.path.join(out, "model.npz")
-    if os.path.exists(model_path) and not overwrite:
-        raise UsageError(f"{model_path} exists; pass --overwrite to replace it")
-    rng = np.random.default_rng(seed)
-    levels, dim = datasets.DIGITS_LEVELS, 64
-    train_x = datasets.digits("train")
-    x = dequantize(np.tile(train_x, (DIGITS_COPIES, 1)), rng, levels)
-    x_val = dequantize(datasets.digits("validation"), rng, levels)
-    x_test = dequantize(np.tile(datasets.digits("test"), (DIGITS_TEST_COPIES, 1)), rng, levels)
-    if model in models.IMAGE_MODELS:  # the models' own defaults; --n-layers is Glow's depth
-        if n_layers is not None and model != "glow":
-            raise UsageError(f"--n-layers sets glow's depth; {model} has no such option")
-        kwargs = dict(shape=(1, 8, 8), pixel_levels=levels, rng=rng, dtype=np.dtype(dtype))
-        if n_layers is not None:
-            kwargs["depth"] = n_layers
-        if coupling is not None:
-            kwargs["coupling"] = coupling
-        flow = models.MODELS[model](**kwargs)
-    else:
-        kwargs = dict(hidden=DIGITS_HIDDEN, activation=DIGITS_ACTIVATION, pixel_levels=levels,
-                      rng=rng, dtype=np.dtype(dtype))
-        if n_layers is not None:
-            kwargs["n_layers"] = n_layers
-        flow = models.MODELS[model](dim, **kwargs)
-    print(f"training {model} ({flow.num_params()} parameters) on digits ({len(train_x)} "
-          f"images x {DIGITS_COPIES} dequantisations) for {steps} steps, batch {batch_size}, "
-          f"lr {lr} (warm-up {warmup} steps, then cosine decay), keeping the parameters with "
-          f"the best validation NLL")
-    history = train.fit(flow, x, steps=steps, batch_size=batch_size, lr=lr, rng=rng,
-                        val_data=x_val, keep_best=True, eval_every=DIGITS_EVAL_EVERY,
-                        schedule="cosine", warmup=min(warmup, steps), clip=clip,
-                        progress=progress)
-    train_seconds = time.perf_counter() - start
-    flow.eval()
-    # x_test is DIGITS_TEST_COPIES copies of the test images, one after the other: average
-    # each image's NLL over its copies, then the standard error is over the images
-    per_image = -train.log_prob(flow, x_test).reshape(DIGITS_TEST_COPIES, -1).mean(axis=0)
-    test_nll = float(per_image.mean())
-    test_nll_se = float(per_image.std(ddof=1) / np.sqrt(len(per_image)))
-    test_bpd = datasets.bits_per_dim(test_nll, dim)
-    test_bpd_se = datasets.bits_per_dim(test_nll_se, dim)
-    train_bpd = datasets.bits_per_dim(train.nll(flow, x[:len(train_x)]), dim)
-    print(f"best validation NLL at step {history['best_step']}; test NLL {test_nll:.2f} ± "
-          f"{test_nll_se:.2f} nats per image = {test_bpd:.4f} ± {test_bpd_se:.4f} bits/dim "
-          f"(train {train_bpd:.4f}; uniform {np.log2(levels):.4f})")
-
-    written = [io.save(flow, model_path, overwrite=overwrite)]
-    written.append(os.path.join(out, "samples.png"))
-    fig = viz.digits_temperatures({t: flow.sample(64, rng, temperature=t)
-                                   for t in DIGITS_TEMPERATURES}, levels)
-    fig.savefig(written[-1], dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    ax = viz.plot_loss(history)
-    written.append(os.path.join(out, "loss.png"))
-    ax.figure.savefig(written[-1], dpi=120, bbox_inches="tight")
-    plt.close(ax.figure)
-
-    seconds = time.perf_counter() - start
-    metrics = dict(model=model, data="digits", steps=steps, batch_size=batch_size, lr=lr,
-                   warmup=warmup, seed=seed, dtype=dtype, best_step=history["best_step"],
-                   best_val_nll=history["best_val_nll"], test_nll=test_nll, test_nll_se=test_nll_se,
-                   test_bpd=test_bpd, test_bpd_se=test_bpd_se,
-                   train_bpd=train_bpd, temperatures=list(DIGITS_TEMPERATURES),
-                   train_seconds=round(train_seconds, 3),
-                   seconds=round(seconds, 3))
-    return _write_metrics(out, written, metrics)
 
 
 def load_model(path):
@@ -559,8 +308,8 @@ COMMANDS = {"demo": cmd_demo, "train": cmd_train, "sample": cmd_sample, "check":
 def main(argv=None):
     r"""Run ``nflows-edu`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     # The command only writes files: never try to open a window. Chosen here, not at import,
-    # so a notebook that imports this module (for its recipes and constants) keeps its
-    # inline figures.
+    # so a notebook that imports this module or recipes.py (for the recipes and their
+    # constants) keeps its inline figures.
     matplotlib.use("Agg")
     parser = build_parser()
     try:

@@ -69,14 +69,8 @@ def check_array(x, where, dim=None):
     Raises ``ValueError`` naming ``where`` (the layer or function) and what it expected;
     ``NonFiniteError`` (a ``ValueError``) for NaN or inf.
     """
-    x = _real_array(x, where)
     expected = f"(N, {dim})" if dim is not None else "(N, D)"
-    if x.ndim != 2 or (dim is not None and x.shape[1] != dim):
-        raise ValueError(f"{where}: expected an array of shape {expected}, got shape {x.shape}")
-    if x.shape[0] == 0:
-        raise ValueError(f"{where}: expected a non-empty batch of shape {expected}, got N = 0")
-    check_finite(x, where)
-    return x
+    return _check_batch(x, where, expected, dim, images=False)
 
 
 def check_images(x, where, channels=None):
@@ -86,19 +80,30 @@ def check_images(x, where, channels=None):
     The image counterpart of ``check_array``. Raises ``ValueError`` naming ``where`` (the
     layer or function) and the shape it expected.
     """
-    x = _real_array(x, where)
     expected = f"(N, {channels}, H, W)" if channels is not None else "(N, C, H, W)"
-    if x.ndim != 4:
-        raise ValueError(f"{where}: expected an image batch of shape {expected}, got shape "
-                         f"{x.shape}")
-    if 0 in x.shape:
+    return _check_batch(x, where, expected, channels, images=True)
+
+
+def _check_batch(x, where, expected, width, images):
+    r"""What ``check_array`` and ``check_images`` share: real numbers (``_real_array``), 2 axes
+    (vectors) or 4 (images), a non-empty batch (no axis of length 0, for images), finite
+    values, and ``width`` entries along axis 1 (features or channels) if given. A vector's
+    width is checked with its shape; an image's after its values (a NaN is the more basic
+    fault, whatever the layout)."""
+    x = _real_array(x, where)
+    what, ndim = ("an image batch", 4) if images else ("an array", 2)
+    wrong_shape = f"{where}: expected {what} of shape {expected}, got shape {x.shape}"
+    wrong_width = width is not None and x.ndim == ndim and x.shape[1] != width
+    if x.ndim != ndim or (wrong_width and not images):
+        raise ValueError(wrong_shape)
+    if images and 0 in x.shape:
         raise ValueError(f"{where}: expected a non-empty image batch of shape {expected}, got "
                          f"shape {x.shape}")
-    # values before the channel count: a NaN is the more basic fault, whatever the layout
+    if x.shape[0] == 0:
+        raise ValueError(f"{where}: expected a non-empty batch of shape {expected}, got N = 0")
     check_finite(x, where)
-    if channels is not None and x.shape[1] != channels:
-        raise ValueError(f"{where}: expected an image batch of shape {expected}, got shape "
-                         f"{x.shape}")
+    if wrong_width:
+        raise ValueError(wrong_shape)
     return x
 
 

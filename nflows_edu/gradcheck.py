@@ -234,20 +234,31 @@ def _gradient_errors(module, loss, x, dx, eps, entries=None, rng=None, x_entries
 
 
 def _check_vjp(b, direction, x, rng, eps, entries=None, x_entries=None):
-    """(errors, problems) of ``backward`` (direction "forward") or ``inverse_backward``."""
-    apply = b.forward if direction == "forward" else b.inverse
-    vjp = b.backward if direction == "forward" else b.inverse_backward
+    """(errors, problems) of ``backward`` (direction "forward") or ``inverse_backward``
+    (direction "inverse") of a bijector, or of an ``nn`` module's ``backward`` (direction
+    None: ``forward(x) -> (y, cache)``, ``backward(dy, cache)``, no log-det)."""
+    if direction is None:
+        def apply(v):
+            y, cache = b.forward(v)
+            return y, None, cache
+
+        def vjp(dy, dlogdet, cache):
+            return b.backward(dy, cache)
+        name = f"{type(b).__name__}.backward"
+    else:
+        apply = b.forward if direction == "forward" else b.inverse
+        vjp = b.backward if direction == "forward" else b.inverse_backward
+        name = "backward" if direction == "forward" else "inverse_backward"
     out, logdet, cache = apply(x)
     dout = rng.standard_normal(out.shape)
-    dlogdet = rng.standard_normal(logdet.shape)
+    dlogdet = None if logdet is None else rng.standard_normal(logdet.shape)
 
     def loss(v):
         o, ld, _ = apply(v)
-        return np.sum(o * dout) + np.sum(ld * dlogdet)
+        return np.sum(o * dout) + (0.0 if ld is None else np.sum(ld * dlogdet))
 
     b.zero_grad()
     dx = vjp(dout, dlogdet, cache)
-    name = "backward" if direction == "forward" else "inverse_backward"
     problems = _bookkeeping(b, lambda: vjp(dout, dlogdet, cache), dx, name)
     b.zero_grad()
     dx = vjp(dout, dlogdet, cache)
@@ -349,17 +360,10 @@ def check_module(m, x, rng=None, eps=1e-6):
     bookkeeping fault (see ``_bookkeeping``) raises ``AssertionError`` naming it.
     """
     rng = np.random.default_rng() if rng is None else rng
-    x = np.array(x, dtype=np.float64)
-    y, cache = m.forward(x)
-    dy = rng.standard_normal(y.shape)
-    m.zero_grad()
-    dx = m.backward(dy, cache)
-    problems = _bookkeeping(m, lambda: m.backward(dy, cache), dx, f"{type(m).__name__}.backward")
+    errors, problems = _check_vjp(m, None, np.array(x, dtype=np.float64), rng, eps)
     if problems:
         raise AssertionError("; ".join(problems))
-    m.zero_grad()
-    dx = m.backward(dy, cache)
-    return _gradient_errors(m, lambda: np.sum(m.forward(x)[0] * dy), x, dx, eps)
+    return errors
 
 
 def randomize_parameters(module, rng, scale=0.5):

@@ -1,4 +1,7 @@
-r"""Sequential passes in Numba, each beside the plain NumPy loop it must equal.
+r"""Sequential passes in Numba; the plain NumPy loops they must equal are beside their
+classes (``maf_inverse_reference`` in ``bijectors/autoregressive.py``,
+``spline_ar_inverse_reference`` in ``bijectors/spline_autoregressive.py``), and this module
+holds only the Numba code (``kernels.maf_inverse_reference`` is a re-export, for notebook 05).
 
 The only truly sequential loop in the library is the autoregressive one: MAF's inverse
 (sampling) and IAF's forward (density of a point IAF did not generate, ``IAF = Inverse(MAF)``)
@@ -9,7 +12,7 @@ solve for the features one at a time, in the MADE's order,
 where ``mu_{p_k}`` and ``alpha_{p_k}`` depend only on ``x_{p_0}, ..., x_{p_{k-1}}``, already known;
 and ``SplineAutoregressive``'s inverse, the same loop with
 ``x_{p_k} = g^{-1}(z_{p_k}; theta_{p_k}(x))``, a rational-quadratic spline's inverse
-(``spline_ar_inverse`` beside ``spline_ar_inverse_reference``). Both run in one kernel
+(``spline_ar_inverse``, tested against ``spline_ar_inverse_reference``). Both run in one kernel
 (``_autoregressive_kernel``): only the step that solves for one feature differs.
 
 ``maf_inverse_reference`` is the textbook loop: D full MADE passes (D times the cost of
@@ -50,42 +53,11 @@ from numba import njit, prange
 from .nn import LeakyReLU, MaskedLinear, ReLU, Tanh
 from .threads import blas_thread_count
 
+# the textbook loop, kept importable here for notebook 05, which times it beside the kernel
+from .bijectors.autoregressive import maf_inverse_reference  # noqa: E402,F401
+
 TILE = 32  # examples per tile (a multiple of the SIMD width; see benchmarks/autoregressive.py)
 _ACT_CODES = {Tanh: 0, ReLU: 1, LeakyReLU: 2}
-
-
-def maf_inverse_reference(made, z, s_max):
-    r"""MAF's inverse by the definition: D full MADE passes (the readable version).
-
-    For k = 0..D-1, with i = p_k the k-th feature of ``made.order``:
-
-        (mu, r) = MADE(x)        (x_i = 0 for the features not solved yet: the MADE's
-                                  masks make mu_i and r_i ignore them)
-        alpha_i = s_max * tanh(r_i / s_max)
-        x_i     = z_i * exp(alpha_i) + mu_i
-        logdet += alpha_i
-
-    Parameters
-    ----------
-    made : nn.MADE
-    z : ndarray (N, D)
-    s_max : float, the bound of the log-scale
-
-    Returns
-    -------
-    x : ndarray (N, D);  logdet : ndarray (N,), log|det dx/dz| = sum_i alpha_i
-    """
-    from .bijectors.coupling import soft_bound  # here: bijectors imports this module
-
-    n, dim = z.shape
-    x = np.zeros_like(z)
-    logdet = np.zeros(n, dtype=z.dtype)
-    for i in made.order:
-        out, _ = made._forward(x)
-        alpha = soft_bound(out[:, dim + i], s_max)
-        x[:, i] = z[:, i] * np.exp(alpha) + out[:, i]
-        logdet += alpha
-    return x, logdet
 
 
 def _pack(made, dtype):
@@ -332,42 +304,6 @@ def _autoregressive_kernel(z, order, sizes, lo, w, w_off, b, b_off, act, leak, s
 
 
 # ------------------------------------------------------- autoregressive rational-quadratic spline
-def spline_ar_inverse_reference(made, z, n_bins, options):
-    r"""``SplineAutoregressive``'s inverse by the definition: D full MADE passes.
-
-    For k = 0..D-1, with i = p_k the k-th feature of ``made.order``:
-
-        theta = MADE(x)         (x_i = 0 for the features not solved yet: the masks make
-                                 feature i's spline parameters ignore them)
-        x_i, logdet_i = rq_inverse(z_i; uw_i, uh_i, ud_i)   (the spline's inverse)
-        logdet += logdet_i
-
-    Parameters
-    ----------
-    made : nn.MADE with ``n_params = 3K - 1``
-    z : ndarray (N, D)
-    n_bins : int, K;  options : (bound, min_width, min_height, min_derivative)
-
-    Returns
-    -------
-    x : ndarray (N, D);  logdet : ndarray (N,), log|det dx/dz| = -sum_i log g_i'(x_i)
-    """
-    from .bijectors.spline import rq_inverse  # here: bijectors imports this module
-    from .bijectors.spline_autoregressive import split_spline_params
-
-    n, dim = z.shape
-    x = np.zeros_like(z)
-    logdet = np.zeros(n, dtype=z.dtype)
-    for i in made.order:
-        theta, _ = made._forward(x)
-        uw, uh, ud = split_spline_params(theta, dim, n_bins)
-        one = slice(i, i + 1)
-        x_i, logdet_i, _ = rq_inverse(z[:, one], uw[:, one], uh[:, one], ud[:, one], *options)
-        x[:, i] = x_i[:, 0]
-        logdet += logdet_i[:, 0]
-    return x, logdet
-
-
 def spline_ar_inverse(made, z, n_bins, options, tile=TILE, align=None, threads=None):
     r"""``SplineAutoregressive``'s inverse in about the cost of one MADE pass (Numba), as
     ``maf_inverse`` does it for MAF (the same packing, tiles, threads and ``align``), with

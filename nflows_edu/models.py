@@ -10,6 +10,7 @@ from .bijectors import (IAF, MAF, AdditiveCoupling, AffineCoupling, BatchNorm, L
                         realnvp_levels)
 from .core import Chain, Flow
 from .distributions import StandardLogistic, StandardNormal
+from .nn import check_lipschitz_bound
 
 
 def _check_dim(dim, where):
@@ -193,9 +194,8 @@ def iresnet(dim, n_blocks=8, hidden=(64, 64), c=0.9, logdet="exact", activation=
         log p(x) = log N(z; 0, I) + sum_k log det(I + J_{g_k}(x_{k-1}))
     """
     from .bijectors.residual import ResidualBlock, default_eval_logdet
-    from .nn import _check_lipschitz_bound
     dim = _check_dim(dim, "iresnet")
-    c = _check_lipschitz_bound(c, "iresnet")
+    c = check_lipschitz_bound(c, "iresnet")
     n_blocks = _blocks(n_blocks, n_layers, "iresnet")
     rng = np.random.default_rng() if rng is None else rng
     eval_logdet = default_eval_logdet(dim, logdet) if eval_logdet is None else eval_logdet
@@ -235,9 +235,8 @@ def resflow(dim, n_blocks=8, hidden=(64, 64), c=0.99, logdet="roulette", activat
     (seed 0: 0.0723), and 12 blocks (45% slower) 0.0840, both +- 0.0006.
     """
     from .bijectors.residual import ResidualBlock, default_eval_logdet
-    from .nn import _check_lipschitz_bound
     dim = _check_dim(dim, "resflow")
-    c = _check_lipschitz_bound(c, "resflow")
+    c = check_lipschitz_bound(c, "resflow")
     n_blocks = _blocks(n_blocks, n_layers, "resflow")
     rng = np.random.default_rng() if rng is None else rng
     eval_logdet = default_eval_logdet(dim, logdet) if eval_logdet is None else eval_logdet
@@ -264,9 +263,8 @@ def impflow(dim, n_blocks=4, hidden=(64, 64), c=0.99, logdet="exact", activation
     """
     from .bijectors.implicit import ImplicitBlock
     from .bijectors.residual import default_eval_logdet
-    from .nn import _check_lipschitz_bound
     dim = _check_dim(dim, "impflow")
-    c = _check_lipschitz_bound(c, "impflow")
+    c = check_lipschitz_bound(c, "impflow")
     n_blocks = _blocks(n_blocks, n_layers, "impflow")
     rng = np.random.default_rng() if rng is None else rng
     solver_tol = (1e-9 if np.dtype(dtype) == np.float64 else 1e-5) if tol is None else tol

@@ -191,8 +191,8 @@ def fit(flow, data, steps=1000, batch_size=256, lr=1e-3, rng=None, val_data=None
         large ones; None leaves the BLAS library's own setting.
     betas : (float, float)
         Adam's decay rates of the running mean and the running square of the gradient.
-        A shorter memory for the square (0.99) helped ``maf(2)`` on checkerboard (the CLI's
-        ``TOY_DEFAULTS`` says by how much).
+        A shorter memory for the square (0.99) helped ``maf(2)`` on checkerboard
+        (``recipes.TOY_DEFAULTS`` says by how much).
 
     Returns
     -------

@@ -37,19 +37,34 @@ def test_a_bad_declaration_is_refused():
 
 
 # ------------------------------------------------------------------ mutation catalogue
-def test_mutation_catalogue_size():
-    from nflows_edu.assignment.catalogue import Exercise
-    from nflows_edu.assignment.mutants import Mutant, MutationResult
+def test_mutation_catalogue_is_well_formed():
+    """Every mutant targets an exercise, applies (each edit matches its method's source
+    exactly once), changes the source into code that compiles in the library's module, and
+    names a check that exists for its exercise; each has its own name, so
+    ``test_the_checker_catches_every_mutant`` below runs (and requires caught) every one.
+    Builds no layer and runs no check: a fraction of a second."""
+    from nflows_edu.assignment.checks import EXTRA_CHECKS
+    from nflows_edu.assignment.mutants import mutant_class
     names = {e.name for e in exercises()}
-    assert all(isinstance(e, Exercise) for e in exercises())
-    assert all(isinstance(m, Mutant) and m.target in names for m in MUTANTS)
-    result = check_mutant(MUTANTS[0], draws=1)
-    assert isinstance(result, MutationResult) and result.mutant is MUTANTS[0]
-    assert len(MUTANTS) >= 30
-    assert len({m.layer for m in MUTANTS}) >= 8
+    checks = {"round trip", "log-det", "gradient", "bookkeeping", "training-mode gradient",
+              "raised"}
+    for m in MUTANTS:
+        assert m.target in names, m.name
+        ex = m.exercise
+        assert m.name.startswith(m.target + ": "), m.name
+        assert m.expected in checks | set(ex.extra), (m.name, m.expected)
+        assert m.edits and all(old != new for old, new in m.edits), m.name
+        source = m.source  # raises unless every edit matches exactly once
+        assert source != m.original, m.name
+        mutated = mutant_class(m)  # compiles the mutated method in the library's module
+        assert issubclass(mutated, ex.cls), m.name
+        assert getattr(mutated, ex.method) is not getattr(ex.cls, ex.method), m.name
+    assert set(EXTRA_CHECKS) >= {c for e in exercises() for c in e.extra}
     assert len({m.name for m in MUTANTS}) == len(MUTANTS)
+    layers = {e.class_name for e in exercises()}
     for name, reason in SURVIVORS:
-        assert len(reason) > 50, name
+        assert name.split(":")[0].split(".")[0] in layers and len(reason) > 50, name
+        assert name not in {m.name for m in MUTANTS}, name
 
 
 @pytest.mark.parametrize("mutant", MUTANTS, ids=[m.name for m in MUTANTS])

@@ -89,3 +89,16 @@ def test_best_time_is_the_fastest_call_after_a_warm_up():
     calls = []
     seconds = table.best_time(lambda: calls.append(sum(range(20000))), repeats=3)
     assert len(calls) == 4 and 0 <= seconds < 1
+
+
+def test_best_time_is_the_minimum_not_the_mean_nor_the_warm_up(monkeypatch):
+    """On a clock where the calls take 5 (the untimed warm-up), 3, 1 and 2 seconds, the
+    answer is 1: not the warm-up, the first, the last or the mean (2)."""
+    from types import SimpleNamespace
+    durations, now = iter([5.0, 3.0, 1.0, 2.0]), [0.0]
+    monkeypatch.setattr(table, "time", SimpleNamespace(process_time=lambda: now[0]))
+
+    def call():
+        now[0] += next(durations)
+
+    assert table.best_time(call, repeats=3) == 1.0

@@ -1,6 +1,7 @@
 r"""The exercise catalogue: one exercise per method a student could write.
 
-A layer declares its exercises next to its registry entry (the bottom of its module)::
+The library's exercises are declared in ``declarations.py`` (which imports the layers; the
+layers do not import the assignment code), one call per method::
 
     exercise("Scaling.backward", Scaling, "easy",
              "the VJP of a diagonal scaling, and the gradient of its log-det",
@@ -88,8 +89,8 @@ def exercise(name, cls, difficulty, description, registry, shapes="", extra=(), 
 
 
 def exercises():
-    """Every declared exercise, in declaration order (imports the library's layers first)."""
-    from .. import bijectors  # noqa: F401  (each module declares its exercises)
+    """Every declared exercise, in declaration order (the library's own first)."""
+    from . import declarations  # noqa: F401  (the library's exercises)
     return tuple(_CATALOGUE.values())
 
 

@@ -13,14 +13,14 @@ depend on are known*. That decides which direction is parallel:
 
 The sequential direction is computed by ``nflows_edu.kernels.maf_inverse`` (Numba), which
 costs about one MADE pass rather than D; ``use_kernel=False`` runs the plain NumPy loop
-``kernels.maf_inverse_reference`` instead (D passes, the textbook version).
+``maf_inverse_reference`` (below ``MAF``) instead (D passes, the textbook version).
 """
 import numpy as np
 
 from ..core import Bijector, Inverse
 from ..gradcheck import register
 from ..nn import MADE
-from .coupling import soft_bound, soft_bound_backward
+from .affine import soft_bound, soft_bound_backward
 
 
 class MAF(Bijector):
@@ -84,7 +84,7 @@ class MAF(Bijector):
     def inverse(self, z):
         z = self._check(z)
         from .. import kernels  # here, not at the top: numba is slow to import (and imports scipy)
-        sequential = kernels.maf_inverse if self.use_kernel else kernels.maf_inverse_reference
+        sequential = kernels.maf_inverse if self.use_kernel else maf_inverse_reference
         x, logdet = sequential(self.made, z, self.s_max)
         return x, logdet, None
 
@@ -106,6 +106,38 @@ class MAF(Bijector):
     def __repr__(self):
         return (f"MAF(dim={self.dim}, hidden={self.made.hidden}, "
                 f"order={self.made.order.tolist()})")
+
+
+def maf_inverse_reference(made, z, s_max):
+    r"""MAF's inverse by the definition: D full MADE passes (the readable version).
+
+    For k = 0..D-1, with i = p_k the k-th feature of ``made.order``:
+
+        (mu, r) = MADE(x)        (x_i = 0 for the features not solved yet: the MADE's
+                                  masks make mu_i and r_i ignore them)
+        alpha_i = s_max * tanh(r_i / s_max)
+        x_i     = z_i * exp(alpha_i) + mu_i
+        logdet += alpha_i
+
+    Parameters
+    ----------
+    made : nn.MADE
+    z : ndarray (N, D)
+    s_max : float, the bound of the log-scale
+
+    Returns
+    -------
+    x : ndarray (N, D);  logdet : ndarray (N,), log|det dx/dz| = sum_i alpha_i
+    """
+    n, dim = z.shape
+    x = np.zeros_like(z)
+    logdet = np.zeros(n, dtype=z.dtype)
+    for i in made.order:
+        out, _ = made._forward(x)
+        alpha = soft_bound(out[:, dim + i], s_max)
+        x[:, i] = z[:, i] * np.exp(alpha) + out[:, i]
+        logdet += alpha
+    return x, logdet
 
 
 class IAF(Inverse):
@@ -168,17 +200,3 @@ register("MAF(reference)",
          lambda d, r: MAF(d, (max(6, d),), _order(d, r), "tanh", s_max=2.0, rng=r,
                           use_kernel=False))
 register("IAF", lambda d, r: IAF(d, (max(8, d),) * 2, _order(d, r), "tanh", s_max=2.0, rng=r))
-
-
-from ..assignment.catalogue import exercise  # noqa: E402
-
-exercise("MAF.backward", MAF, "medium",
-         "MAF's density-direction VJP: through exp(-alpha), the log-det and the MADE",
-         registry=("MAF",),
-         shapes="dz (N, D), dlogdet (N,), cache (z, alpha, exp(-alpha), made_cache) -> "
-                "dx (N, D); add the MADE's gradients (made.backward)")
-exercise("MAF.inverse", MAF, "medium",
-         "MAF's sampling direction: the sequential loop, one feature at a time in the order",
-         registry=("MAF(reference)",),
-         shapes="z (N, D) -> x (N, D), logdet (N,) = +sum_i alpha_i, cache None; "
-                "loop over self.made.order, one MADE pass (self.made._forward) per feature")

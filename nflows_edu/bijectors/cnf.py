@@ -503,36 +503,3 @@ register("CNF", lambda d, r: CNF(d, hidden=(8, 8), n_steps=REGISTRY_STEPS, rng=r
                 "exactly log|det| of that map's Jacobian: errors O(h^5) and O(h^4) "
                 "(tests/test_cnf.py checks the orders). The gradients are exact for the "
                 "discrete map and held to the usual 1e-6.")
-
-
-from ..assignment.catalogue import exercise  # noqa: E402
-
-exercise("TimeField.jvp_forward", TimeField, "hard",
-         "Jacobian-vector products of the field's MLP in forward mode: the tangents through "
-         "each linear layer (x's rows of W_1 only: t has no tangent) and each tanh'",
-         registry=("CNF",),
-         shapes="x (N, D), t a float or (N,), V (N, m, D) -> v (N, D), G (N, m, D) with "
-                "G[n, r] = J_n V[n, r], caches: one (h, T, d1, d2, M) per linear layer, as "
-                "jvp_backward reads them (d1, d2 = tanh', tanh'' from tanh_derivatives; None "
-                "for the last layer)")
-exercise("TimeField.trace_forward", TimeField, "easy",
-         "the exact trace of the field's Jacobian from D forward-mode JVPs (V = I), or "
-         "Hutchinson's estimate from the given tangents",
-         registry=("CNF",),
-         shapes="x (N, D), t, V None or (N, m, D) -> v (N, D), tr (N,), cache (caches, V) "
-                "as trace_backward reads it; jvp_forward gives G = J V")
-exercise("CNF.forward", CNF, "medium",
-         "the augmented state [x, 0] integrated by classical RK4 in n_steps fixed steps from "
-         "t = 0 to 1: z and the log-det int_0^1 tr(dv/dx) dt",
-         registry=("CNF",), hide=("rk4",),
-         shapes="x (N, D) -> z (N, D), logdet (N,), cache dict(states=[y_0, ..., y_n] (N, "
-                "D + 1) each, t0=0.0, t1=1.0, nfe, V); V = self._probes(x) (None: the exact "
-                "trace) and self._augmented(t, y, V) is F = [v, tr]; the adjoint option may "
-                "call self._integrate(x, 0.0, 1.0)")
-exercise("CNF.backward", CNF, "hard",
-         "discretise-then-optimise: the VJP of every RK4 step of forward, last to first, "
-         "with the gradient of the log-det carried in the augmented state",
-         registry=("CNF",), hide=("rk4_step_backward",),
-         shapes="dz (N, D), dlogdet (N,), cache (forward's: states, t0, t1, V) -> dx (N, D); "
-                "self._augmented_cached(t, y, V) and self._augmented_backward are F and its "
-                "VJP; the adjoint option may call self._adjoint_backward")

@@ -10,50 +10,14 @@ import numpy as np
 from ..core import Bijector, Chain, Inverse
 from ..gradcheck import randomize_parameters, register
 from ..nn import MLP
+from .affine import (affine_backward, affine_forward, affine_inverse,  # noqa: F401
+                     affine_inverse_backward, soft_bound, soft_bound_backward)
 
 
 def alternating_mask(dim, parity=0):
     """mask[j] = 1 where (j + parity) is even: [1, 0, 1, 0, ...] or [0, 1, 0, 1, ...]."""
     return ((np.arange(dim) + parity) % 2 == 0).astype(np.int64)
 
-
-def soft_bound(r, s_max):
-    r"""s = s_max * tanh(r / s_max): a log-scale bounded to (-s_max, s_max), with s ~ r near 0.
-
-    The bound keeps one bad step from producing exp(s) = inf. Shared by ``AffineCoupling``
-    and the autoregressive layers (``MAF``, ``IAF``).
-    """
-    return s_max * np.tanh(r / s_max)
-
-
-def soft_bound_backward(ds, s, s_max):
-    r"""dr = ds * (1 - (s / s_max)^2): the VJP of ``soft_bound``, written with its output s."""
-    return ds * (1 - (s / s_max) ** 2)
-
-
-# The affine transform of the changed half, on arrays of any shape (vectors (N, D_b) here,
-# masked images (N, C, H, W) in ``image_coupling``); ``dlogdet`` comes broadcastable to ``s``.
-def affine_forward(x_b, s, t):
-    r"""z_b = x_b * exp(s) + t."""
-    return x_b * np.exp(s) + t
-
-
-def affine_inverse(z_b, s, t):
-    r"""x_b = (z_b - t) * exp(-s)."""
-    return (z_b - t) * np.exp(-s)
-
-
-def affine_backward(dz_b, x_b, s, dlogdet):
-    r"""VJP of (z_b, logdet = sum s):  dx_b = dz_b * exp(s);  ds = dz_b * x_b * exp(s) + dlogdet;
-    dt = dz_b.  Returns (dx_b, ds, dt)."""
-    return dz_b * np.exp(s), dz_b * x_b * np.exp(s) + dlogdet, dz_b
-
-
-def affine_inverse_backward(dx_b, x_b, s, dlogdet):
-    r"""VJP of (x_b, logdet = -sum s):  dz_b = dx_b * exp(-s);  ds = -dx_b * x_b - dlogdet;
-    dt = -dz_b.  Returns (dz_b, ds, dt)."""
-    dz_b = dx_b * np.exp(-s)
-    return dz_b, -dx_b * x_b - dlogdet, -dz_b
 
 class _Coupling(Bijector):
     """Shared mask bookkeeping: ``idx_a`` (mask == 1, kept) and ``idx_b`` (mask == 0, changed).
@@ -259,40 +223,3 @@ def _randomize_half(layer, rng, scale):
 
 register("Chain(NICE)", _nice_chain, randomize=_randomize_half)
 register("Chain(RealNVP)", _realnvp_chain, randomize=_randomize_half)
-
-
-# ------------------------------------------------------------------ the exercise catalogue
-from ..assignment.catalogue import exercise  # noqa: E402
-
-_VJP = ("dz (N, D), dlogdet (N,), cache (as forward returns it) -> dx (N, D); add the net's "
-        "gradients (net.backward)")
-_IVJP = ("dx (N, D), dlogdet (N,), cache (as inverse returns it) -> dz (N, D); add the "
-         "net's gradients (net.backward)")
-exercise("AdditiveCoupling.forward", AdditiveCoupling, "easy",
-         "NICE's coupling: z_a = x_a, z_b = x_b + t(x_a), log-det 0",
-         registry=("AdditiveCoupling",),
-         shapes="x (N, D) -> z (N, D), logdet (N,) zeros, cache = the net's cache (what "
-                "backward reads)")
-exercise("AdditiveCoupling.inverse", AdditiveCoupling, "easy",
-         "NICE's inverse: x_b = z_b - t(z_a)", registry=("AdditiveCoupling",),
-         shapes="z (N, D) -> x (N, D), logdet (N,) zeros, cache = the net's cache")
-exercise("AdditiveCoupling.backward", AdditiveCoupling, "easy",
-         "the VJP of the additive coupling, through the shift network",
-         registry=("AdditiveCoupling",), shapes=_VJP)
-exercise("AffineCoupling.forward", AffineCoupling, "easy",
-         "RealNVP's coupling: z_b = x_b * exp(s) + t, log-det sum s",
-         registry=("AffineCoupling",),
-         shapes="x (N, D) -> z (N, D), logdet (N,), cache = (x_b, s, net_cache) (what "
-                "backward reads)", hide=("affine_forward",))
-exercise("AffineCoupling.inverse", AffineCoupling, "easy",
-         "RealNVP's inverse: x_b = (z_b - t) * exp(-s), log-det -sum s",
-         registry=("AffineCoupling", "Inverse(AffineCoupling)"),
-         shapes="z (N, D) -> x (N, D), logdet (N,), cache = (x_b, s, net_cache) (what "
-                "inverse_backward reads)", hide=("affine_inverse",))
-exercise("AffineCoupling.backward", AffineCoupling, "medium",
-         "the VJP of the affine coupling: through exp(s), the log-det and the soft bound",
-         registry=("AffineCoupling",), shapes=_VJP, hide=("affine_backward",))
-exercise("AffineCoupling.inverse_backward", AffineCoupling, "medium",
-         "the VJP of the affine coupling's inverse (signs and exp(-s) everywhere)",
-         registry=("AffineCoupling", "Inverse(AffineCoupling)"), shapes=_IVJP,
-         hide=("affine_inverse_backward",))

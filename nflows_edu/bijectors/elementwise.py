@@ -47,23 +47,3 @@ class Scaling(Bijector):
 
 
 register("Scaling", lambda d, r: Scaling(d))
-
-
-from ..assignment.catalogue import exercise  # noqa: E402
-
-exercise("Scaling.forward", Scaling, "easy",
-         "z = x * exp(s), every feature scaled, and the log-det sum_j s_j of each example",
-         registry=("Scaling",),
-         shapes="x (N, D) -> z (N, D), logdet (N,), cache (x, z)")
-exercise("Scaling.inverse", Scaling, "easy",
-         "x = z * exp(-s), every feature unscaled, and the log-det -sum_j s_j",
-         registry=("Scaling",),
-         shapes="z (N, D) -> x (N, D), logdet (N,), cache (z, x)")
-exercise("Scaling.backward", Scaling, "easy",
-         "the VJP of z = x * exp(s), with the gradient of the log-det sum s",
-         registry=("Scaling",),
-         shapes="dz (N, D), dlogdet (N,), cache (x, z) -> dx (N, D); add ds (D,) into "
-                "self.grads['s']")
-exercise("Scaling.inverse_backward", Scaling, "easy",
-         "the VJP of x = z * exp(-s), log-det -sum s", registry=("Scaling",),
-         shapes="dx (N, D), dlogdet (N,), cache (z, x) -> dz (N, D); add ds (D,)")

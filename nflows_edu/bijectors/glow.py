@@ -13,7 +13,7 @@ arXiv:1807.03039.
 import numpy as np
 
 from ..core import Bijector, check_images
-from ..gradcheck import register
+from ..gradcheck import randomize_parameters, register
 
 
 def _per_channel(v):
@@ -314,17 +314,13 @@ def _randomize_actnorm(layer, rng, scale):
     c = layer.channels
     x = rng.standard_normal((3, c, 2, 2)) * np.exp(_per_channel(rng.standard_normal(c)))
     layer.initialize(x + _per_channel(rng.standard_normal(c)))
-    for _, p, _ in layer.parameters():
-        p += scale * rng.standard_normal(p.shape)
-    return layer
+    return randomize_parameters(layer, rng, scale)
 
 
 def _randomize_conv(layer, rng, scale):
     """Small moves (0.2 * scale * N(0, 1)) off the random rotation: W stays well conditioned,
     so the round trip through V = W^{-1} is exact to round-off."""
-    for _, p, _ in layer.parameters():
-        p += 0.2 * scale * rng.standard_normal(p.shape)
-    return layer
+    return randomize_parameters(layer, rng, 0.2 * scale)
 
 
 register("ActNorm", lambda d, r: ActNorm(d), inputs=_images, randomize=_randomize_actnorm)
@@ -332,39 +328,3 @@ register("Invertible1x1Conv", lambda d, r: Invertible1x1Conv(d, rng=r), inputs=_
          randomize=_randomize_conv)
 register("LUInvertible1x1Conv", lambda d, r: LUInvertible1x1Conv(d, rng=r), inputs=_images,
          randomize=_randomize_conv)
-
-
-from ..assignment.catalogue import exercise  # noqa: E402
-
-exercise("ActNorm.forward", ActNorm, "easy",
-         "Glow's per-channel affine map on images, log-det H W sum log_s",
-         registry=("ActNorm",),
-         shapes="x (N, C, H, W) -> z (N, C, H, W), logdet (N,), cache = x (what backward "
-                "reads)")
-exercise("ActNorm.backward", ActNorm, "easy",
-         "ActNorm's VJP: sums over examples and pixels, the H W factor of the log-det",
-         registry=("ActNorm",),
-         shapes="dz (N, C, H, W), dlogdet (N,), cache x -> dx (N, C, H, W); add dlog_s (C,), "
-                "db (C,)")
-exercise("ActNorm.inverse_backward", ActNorm, "easy",
-         "the VJP of ActNorm's inverse", registry=("ActNorm",),
-         shapes="dx (N, C, H, W), dlogdet (N,), cache x -> dz (N, C, H, W); add dlog_s (C,), "
-                "db (C,)")
-exercise("Invertible1x1Conv.backward", Invertible1x1Conv, "medium",
-         "the VJP of a per-pixel channel mix, and the gradient of H W log|det W|",
-         registry=("Invertible1x1Conv",),
-         shapes="dz (N, C, H, W), dlogdet (N,), cache (x, W) -> dx (N, C, H, W); add dW (C, C) "
-                "(through self.weight_backward)")
-exercise("Invertible1x1Conv.inverse_backward", Invertible1x1Conv, "hard",
-         "the VJP of the inverse: through V = W^{-1}, dW = -V^T dV V^T",
-         registry=("Invertible1x1Conv",),
-         shapes="dx (N, C, H, W), dlogdet (N,), cache (z, W, V) -> dz (N, C, H, W); add dW "
-                "(C, C) (through self.weight_backward)")
-exercise("LUInvertible1x1Conv.log_abs_det", LUInvertible1x1Conv, "easy",
-         "log|det W| of W = P L U in O(C): only the diagonal of U counts",
-         registry=("LUInvertible1x1Conv",), shapes="W (C, C) -> float, from self.params")
-exercise("LUInvertible1x1Conv.weight_backward", LUInvertible1x1Conv, "hard",
-         "gradients of the LU factors (L, U, log_s) from dW and the log-det's gradient",
-         registry=("LUInvertible1x1Conv",),
-         shapes="dW (C, C), dlogabsdet float, W (C, C) -> None; add dL, dU (C, C), "
-                "dlog_s (C,) into self.grads")

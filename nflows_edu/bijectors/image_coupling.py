@@ -1,6 +1,6 @@
 r"""RealNVP's affine coupling on images (N, C, H, W), with checkerboard and channel masks.
 
-The math is the vector ``AffineCoupling``'s (the same functions from ``coupling.py``), written
+The math is the vector ``AffineCoupling``'s (the same functions, from ``affine.py``), written
 with a binary mask ``m`` of the image's shape instead of index sets (RealNVP, eq. 9):
 
     z = m * x + (1 - m) * (x * exp(s) + t),   (r, t_raw) = net(m * x)
@@ -11,12 +11,11 @@ learned prior is the same map again, with a single convolution as the net (``Spl
 """
 import numpy as np
 
-from ..assignment.catalogue import exercise
 from ..core import Bijector, check_finite, check_images
 from ..gradcheck import randomize_parameters, register
 from ..nn import ConvNet, ResNet
-from .coupling import (affine_backward, affine_forward, affine_inverse,
-                       affine_inverse_backward, soft_bound, soft_bound_backward)
+from .affine import (affine_backward, affine_forward, affine_inverse, affine_inverse_backward,
+                     soft_bound, soft_bound_backward)
 from .spline import (DEFAULT_MIN, _randomize_coupling, check_spline_options, rq_backward,
                      rq_forward, rq_inverse, rq_inverse_backward)
 
@@ -409,9 +408,3 @@ register("ImageSpline(channel)",
                                           n_bins=int(r.integers(2, 6)), bound=2.0, rng=r),
          inputs=_spline_images, randomize=_randomize_coupling, max_dim=_MAX_CHANNELS,
          entries=48)
-
-exercise("ImageAffineCoupling.backward", ImageAffineCoupling, "medium",
-         "RealNVP's affine coupling on images: the VJP through the mask, the soft bound and "
-         "the convolutional net", registry=("ImageCoupling(checkerboard)",
-                                            "ImageCoupling(channel)"),
-         shapes="dz (N, C, H, W), dlogdet (N,), cache (x, s, m, net_cache) -> dx (N, C, H, W)")

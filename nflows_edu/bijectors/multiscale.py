@@ -9,7 +9,6 @@ over all of ``z``.
 """
 import numpy as np
 
-from ..assignment.catalogue import exercise
 from ..core import Bijector, Chain, check_array
 from ..gradcheck import randomize_parameters, register
 from ..nn import ResNet
@@ -249,15 +248,3 @@ register("MultiScale(RealNVP)",
          lambda d, r: MultiScale(_shape(d), realnvp_levels(_shape(d), 2, 2, 1, "tanh", 2.0,
                                                            rng=r)),
          randomize=_randomize_model, entries=4)
-
-exercise("MultiScale.forward", MultiScale, "medium",
-         "the multi-scale forward: levels in turn, half of the channels factored out after "
-         "every level but the last, z the flattened parts concatenated",
-         registry=("MultiScale(Glow)",),
-         shapes="x (N, C H W) -> z (N, C H W), logdet (N,), caches (the list of the levels' "
-                "caches, in level order: what backward reads)")
-exercise("MultiScale.backward", MultiScale, "medium",
-         "the VJP of factoring out: cut dz into the parts, re-join each factored-out "
-         "gradient to its level's output gradient on the way back",
-         registry=("MultiScale(Glow)",),
-         shapes="dz (N, C H W), dlogdet (N,), caches (list, level order) -> dx (N, C H W)")

@@ -223,12 +223,3 @@ def _images_input(layer, n, rng):
 
 register("BatchNorm2d(eval)", lambda d, r: BatchNorm2d(d).eval(), inputs=_images_input,
          randomize=_randomize_eval)
-
-
-from ..assignment.catalogue import exercise  # noqa: E402
-
-exercise("BatchNorm.backward", BatchNorm, "hard",
-         "BatchNorm's VJP in both modes: batch statistics depend on every example",
-         registry=("BatchNorm(eval)",), extra=("batchnorm_train",),
-         shapes="dz (N, D), dlogdet (N,), cache (xhat, sigma, training) -> dx (N, D); add "
-                "dlog_gamma (D,), dbeta (D,)")

@@ -61,10 +61,3 @@ class Reverse(Permutation):
 
 register("Permutation", lambda d, r: Permutation(d, rng=r))
 register("Reverse", lambda d, r: Reverse(d))
-
-from ..assignment.catalogue import exercise  # noqa: E402
-
-exercise("Permutation.backward", Permutation, "easy",
-         "the VJP of a permutation: the inverse permutation of the upstream gradient",
-         registry=("Permutation",), shapes="dz (N, D), dlogdet (N,), cache None -> dx (N, D)",
-         train=False)

@@ -139,14 +139,3 @@ register("ScaleToUnit", lambda d, r: ScaleToUnit(d, levels=int(r.integers(2, 20)
          inputs=lambda layer, n, r: r.uniform(0, layer.levels, (n, layer.dim)))
 register("Logit", lambda d, r: Logit(d, alpha=float(r.choice([0.0, 0.05, 0.2]))),
          inputs=lambda layer, n, r: r.uniform(0.02, 0.98, (n, layer.dim)))
-
-from ..assignment.catalogue import exercise  # noqa: E402
-
-exercise("Logit.forward", Logit, "easy",
-         "RealNVP's logit preprocessing and its log-det", registry=("Logit",),
-         shapes="x (N, D) in (0, 1) -> z (N, D), logdet (N,), cache = y (what backward reads)",
-         train=False)
-exercise("Logit.backward", Logit, "medium",
-         "the logit's VJP, with the gradient of its log-det (which depends on x)",
-         registry=("Logit",), shapes="dz (N, D), dlogdet (N,), cache y -> dx (N, D)",
-         train=False)

@@ -79,18 +79,3 @@ def _even_images(layer, n, rng):
 
 # ``dim`` is the number of input channels
 register("Squeeze", lambda d, r: Squeeze(d), inputs=_even_images)
-
-
-from ..assignment.catalogue import exercise  # noqa: E402
-
-exercise("Squeeze.forward", Squeeze, "medium",
-         "space to depth: each 2 x 2 block of pixels becomes 4 channels",
-         registry=("Squeeze",),
-         shapes="x (N, C, H, W) -> z (N, 4 C, H / 2, W / 2), logdet (N,) zeros, cache None",
-         hide=("squeeze",),
-         train=False)
-exercise("Squeeze.backward", Squeeze, "easy",
-         "the VJP of a permutation of the entries is its inverse", registry=("Squeeze",),
-         shapes="dz (N, 4 C, H / 2, W / 2), dlogdet (N,), cache -> dx (N, C, H, W)",
-         hide=("unsqueeze",),
-         train=False)

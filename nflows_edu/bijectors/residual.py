@@ -17,8 +17,8 @@ The log-determinant ``log det(I + J_g(x))`` has no structure to exploit; it is c
 import numpy as np
 
 from ..core import Bijector
-from ..gradcheck import register
-from ..nn import LipschitzMLP, _check_lipschitz_bound
+from ..gradcheck import randomize_parameters, register
+from ..nn import LipschitzMLP, check_lipschitz_bound
 
 LOGDET_MODES = ("exact", "series", "roulette")
 EXACT_MAX_DIM = 16  # evaluation uses the exact log-det up to this D (slogdet of D x D)
@@ -184,7 +184,7 @@ class ResidualBlock(Bijector):
                  power_iterations=1, eval_logdet=None, eval_seed=0, rng=None,
                  dtype=np.float64):
         super().__init__()
-        c = _check_lipschitz_bound(c, "ResidualBlock")
+        c = check_lipschitz_bound(c, "ResidualBlock")
         eval_logdet = default_eval_logdet(dim, logdet) if eval_logdet is None else eval_logdet
         for name, mode in (("logdet", logdet), ("eval_logdet", eval_logdet)):
             if mode not in LOGDET_MODES:
@@ -215,7 +215,8 @@ class ResidualBlock(Bijector):
         return self.eval_logdet, np.random.default_rng(int(self.buffers["eval_seed"][0]))
 
     def _logdet_at(self, x, weights=None):
-        r"""g(x), log det(I + J_g(x)) (exact or estimated), and what the VJPs need."""
+        r"""g(x), log det(I + J_g(x)) (exact or estimated), and what the VJPs need: the cache
+        names the log-det mode this call used (``_estimator``), which the VJPs follow."""
         n, d = x.shape
         mode, rng = self._estimator()
         if mode == "exact":
@@ -223,7 +224,7 @@ class ResidualBlock(Bijector):
             gx, G, gcache = self.g.jvp_forward(x, eye, weights)
             A = G + np.eye(d, dtype=x.dtype)
             _, logdet = np.linalg.slogdet(A)
-            return gx, logdet, dict(gcache=gcache, A=A)
+            return gx, logdet, dict(mode=mode, gcache=gcache, A=A)
         v = rng.standard_normal((n, d)).astype(x.dtype)
         gx, _, gcache = self.g.jvp_forward(x, v[:, None, :], weights)
         if mode == "series":
@@ -237,11 +238,11 @@ class ResidualBlock(Bijector):
             logdet += (-1) ** (k + 1) * np.sum(u * v, axis=1) / (k * prob[k])
             if k < n_terms:
                 w = w + (-1) ** k * u / prob[k + 1]
-        return gx, logdet, dict(gcache=gcache, w=w, n_terms=n_terms)
+        return gx, logdet, dict(mode=mode, gcache=gcache, w=w, n_terms=n_terms)
 
     def _logdet_backward(self, dg, dlogdet, lcache):
         """dx through g's value (upstream dg) and the log-det (upstream dlogdet); adds dtheta."""
-        if "A" in lcache:
+        if lcache["mode"] == "exact":
             dG = dlogdet[:, None, None] * np.linalg.inv(lcache["A"]).transpose(0, 2, 1)
         else:
             dG = dlogdet[:, None, None] * lcache["w"][:, None, :]
@@ -249,7 +250,7 @@ class ResidualBlock(Bijector):
 
     def _solve_adjoint(self, a, lcache):
         """s with (I + J)^T s = a, i.e. (I + G) s = a."""
-        if "A" in lcache:
+        if lcache["mode"] == "exact":
             return np.linalg.solve(lcache["A"], a[..., None])[..., 0]
         s, _ = fixed_point(lambda s: self.g.vjp(s, lcache["gcache"]), a, self.tol,
                            self.max_iter, "ResidualBlock.inverse_backward")
@@ -301,8 +302,7 @@ def _randomize_lipschitz(sigma_over_c):
     sigma / c (< 1: the spectral normalisation is inactive; > 1: its path is exercised) and
     sets the power iteration's u, v to the new weights' exact singular vectors."""
     def randomize(layer, rng, scale):
-        for _, p, _ in layer.parameters():
-            p += scale * rng.standard_normal(p.shape)
+        randomize_parameters(layer, rng, scale)
         for mlp in _lipschitz_mlps(layer):
             for lin in mlp.linears:
                 lin.params["W"] *= sigma_over_c * lin.c / np.linalg.norm(lin.params["W"], 2)
@@ -324,18 +324,3 @@ register("ResidualBlock(sigma>c)",
          lambda d, r: ResidualBlock(d, (8, 8), c=0.8, activation="sine", solver="anderson",
                                     power_iterations=0, rng=r).eval(),
          randomize=_randomize_lipschitz(1.5))
-
-
-from ..assignment.catalogue import exercise  # noqa: E402
-
-exercise("ResidualBlock.inverse", ResidualBlock, "medium",
-         "the fixed-point inverse x <- z - g(x) of a contractive residual block",
-         registry=("ResidualBlock",),
-         shapes="z (N, D) -> x (N, D), logdet (N,) = -log det(I + J_g(x)), cache as forward's "
-                "(plus iterations, steps); stop at self.tol, raise after self.max_iter",
-         hide=("fixed_point", "anderson"))
-exercise("ResidualBlock._logdet_backward", ResidualBlock, "hard",
-         "the exact log-det's gradient: d log det A = tr(A^{-1} dA), through g's Jacobian",
-         registry=("ResidualBlock", "ResidualBlock(sigma>c)"),
-         shapes="dg (N, D) or None, dlogdet (N,), lcache (gcache, A (N, D, D)) -> dx (N, D); "
-                "use self.g.jvp_backward(dg, dG, gcache) with dG (N, D, D)")

@@ -46,7 +46,7 @@ its gradient at a knot is the one of bin k (the right-hand one).
 import numpy as np
 
 from ..core import Bijector, check_finite
-from ..gradcheck import register
+from ..gradcheck import randomize_parameters, register
 
 DEFAULT_MIN = 1e-3  # minimum bin width, bin height and derivative
 
@@ -432,17 +432,13 @@ def _randomize_spline(layer, rng, scale):
     """Half the registry's usual move: the parameters are K-way softmax logits, and at the full
     scale some draws give bins of slope 0.01 beside slope 50, where the central differences of
     the checks (not the layer) lose their accuracy."""
-    for _, p, _ in layer.parameters():
-        p += 0.5 * scale * rng.standard_normal(p.shape)
-    return layer
+    return randomize_parameters(layer, rng, 0.5 * scale)
 
 
 def _randomize_coupling(layer, rng, scale):
     """A quarter of the usual move for the coupling's net: its outputs (the logits) sum over
     up to 11 conditioning features, so they spread more than a single spline's parameters."""
-    for _, p, _ in layer.parameters():
-        p += 0.25 * scale * rng.standard_normal(p.shape)
-    return layer
+    return randomize_parameters(layer, rng, 0.25 * scale)
 
 
 register("RQSpline", lambda d, r: RQSpline(d, n_bins=int(r.integers(2, 7)), bound=2.0),
@@ -451,26 +447,3 @@ register("SplineCoupling",
          lambda d, r: SplineCoupling(_random_mask(d, r), (8,), "tanh", n_bins=int(r.integers(2, 6)),
                                      bound=2.0, rng=r),
          inputs=_spline_inputs, randomize=_randomize_coupling)
-
-
-from ..assignment.catalogue import exercise  # noqa: E402
-
-exercise("RQSpline.forward", RQSpline, "medium",
-         "the rational-quadratic spline: knots from softmax and softplus, the bin of each "
-         "point, g(x) and log g'(x) (equations 4 and 5), identity tails",
-         registry=("RQSpline",), extra=("spline_knots",), hide=("rq_forward",),
-         shapes="x (N, D) -> z (N, D), logdet (N,) summed over features, cache (what "
-                "backward reads); the parameters uw, uh (D, K), ud (D, K - 1) are "
-                "self.params; spline_knots gives the knots")
-exercise("RQSpline.inverse", RQSpline, "hard",
-         "the spline's inverse: the bin among the y-knots, then the root of a quadratic in "
-         "its stable form (equations 6-8)",
-         registry=("RQSpline",), extra=("spline_knots",), hide=("rq_inverse",),
-         shapes="z (N, D) -> x (N, D), logdet (N,) = -sum log g'(x), cache (what "
-                "inverse_backward reads)")
-exercise("RQSpline.backward", RQSpline, "hard",
-         "the spline's VJP for x and for uw, uh, ud: through the bin's six numbers, the "
-         "knots (a reversed cumulative sum), the softmax and the softplus",
-         registry=("RQSpline",), hide=("rq_backward",),
-         shapes="dz (N, D), dlogdet (N,), cache (as forward returns it) -> dx (N, D); add "
-                "the gradients of uw (D, K), uh (D, K), ud (D, K - 1), summed over the batch")

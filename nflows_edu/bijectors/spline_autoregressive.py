@@ -7,14 +7,15 @@ each depending only on the features before ``i`` in the MADE's order. The Jacobi
 triangular in that order with diagonal ``g_i'(x_i)``. As for MAF, density evaluation
 (forward) is one MADE pass and sampling (inverse) goes one feature at a time:
 ``nflows_edu.kernels.spline_ar_inverse`` (Numba, about one MADE pass), or with
-``use_kernel=False`` the plain NumPy loop ``kernels.spline_ar_inverse_reference`` (D passes).
+``use_kernel=False`` the plain NumPy loop ``spline_ar_inverse_reference`` (D passes, below
+the class).
 """
 import numpy as np
 
 from ..core import Bijector, check_finite
 from ..gradcheck import register
 from ..nn import MADE
-from .spline import DEFAULT_MIN, check_spline_options, rq_backward, rq_forward
+from .spline import DEFAULT_MIN, check_spline_options, rq_backward, rq_forward, rq_inverse
 
 
 def split_spline_params(out, dim, n_bins):
@@ -47,7 +48,7 @@ class SplineAutoregressive(Bijector):
     Inverse (sequential, in the MADE's order p_0, ..., p_{D-1}):
               x_{p_k} = g^{-1}(z_{p_k}; theta_{p_k}),  theta_{p_k} from x_{p_0..p_{k-1}}
               (``kernels.spline_ar_inverse``; ``use_kernel=False``: the NumPy loop
-              ``kernels.spline_ar_inverse_reference``, D MADE passes and ``rq_inverse``)
+              ``spline_ar_inverse_reference``, D MADE passes and ``rq_inverse``)
     Log-det:  forward  sum_i log g'(x_i; theta_i);   inverse  minus that at the same point
               (dz/dx is triangular in the order with diagonal g'(x_i; theta_i))
     Backward: (dx_direct, duw, duh, dud) = rq_backward(dz, dlogdet)   (per element)
@@ -107,7 +108,7 @@ class SplineAutoregressive(Bijector):
             check_finite(p, f"SplineAutoregressive: expected finite MADE parameters ({name})")
         from .. import kernels  # here, not at the top: numba is slow to import (and imports scipy)
         sequential = (kernels.spline_ar_inverse if self.use_kernel
-                      else kernels.spline_ar_inverse_reference)
+                      else spline_ar_inverse_reference)
         x, logdet = sequential(self.made, z, self.n_bins, self.options)
         return x, logdet, None
 
@@ -129,6 +130,39 @@ class SplineAutoregressive(Bijector):
         return (f"SplineAutoregressive(dim={self.dim}, hidden={self.made.hidden}, "
                 f"order={self.made.order.tolist()}, n_bins={self.n_bins}, "
                 f"bound={self.options[0]})")
+
+
+def spline_ar_inverse_reference(made, z, n_bins, options):
+    r"""``SplineAutoregressive``'s inverse by the definition: D full MADE passes.
+
+    For k = 0..D-1, with i = p_k the k-th feature of ``made.order``:
+
+        theta = MADE(x)         (x_i = 0 for the features not solved yet: the masks make
+                                 feature i's spline parameters ignore them)
+        x_i, logdet_i = rq_inverse(z_i; uw_i, uh_i, ud_i)   (the spline's inverse)
+        logdet += logdet_i
+
+    Parameters
+    ----------
+    made : nn.MADE with ``n_params = 3K - 1``
+    z : ndarray (N, D)
+    n_bins : int, K;  options : (bound, min_width, min_height, min_derivative)
+
+    Returns
+    -------
+    x : ndarray (N, D);  logdet : ndarray (N,), log|det dx/dz| = -sum_i log g_i'(x_i)
+    """
+    n, dim = z.shape
+    x = np.zeros_like(z)
+    logdet = np.zeros(n, dtype=z.dtype)
+    for i in made.order:
+        theta, _ = made._forward(x)
+        uw, uh, ud = split_spline_params(theta, dim, n_bins)
+        one = slice(i, i + 1)
+        x_i, logdet_i, _ = rq_inverse(z[:, one], uw[:, one], uh[:, one], ud[:, one], *options)
+        x[:, i] = x_i[:, 0]
+        logdet += logdet_i[:, 0]
+    return x, logdet
 
 
 # ------------------------------------------------------------------ the gradcheck registry
