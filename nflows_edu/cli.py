@@ -72,6 +72,10 @@ def unit_interval(text):
     return _number(text, float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 
 
+def open_unit_interval(text):
+    return _number(text, float, lambda v: 0 < v < 1, "a number in (0, 1)")
+
+
 def seed_int(text):
     return _number(text, int, lambda v: v >= 0, "a non-negative integer seed")
 
@@ -149,6 +153,10 @@ def build_parser():
     tr.add_argument("--beta2", type=unit_interval, default=None,
                     help=f"Adam's decay rate of the squared gradient's running mean (default "
                     f"{BETA2:g}; 0.99 for maf)")
+    tr.add_argument("--ema", type=open_unit_interval, default=None, metavar="DECAY",
+                    help="Polyak averaging: validate, keep and test the running average of the "
+                    "parameters with this decay (e.g. 0.999; default: none; not for "
+                    "flow_matching)")
     tr.add_argument("--dtype", choices=("float64", "float32"), default="float64")
     tr.add_argument("--clip", type=positive_float, default=CLIP,
                     help=f"clip the gradient norm to this (default {CLIP:g})")
@@ -202,6 +210,9 @@ def cmd_train(args):
     if args.coupling is not None and args.model != "glow":
         raise UsageError(f"--coupling chooses glow's coupling layers; {args.model} has no such "
                          f"option")
+    if args.ema is not None and args.model == "flow_matching":
+        raise UsageError("--ema: flow_matching trains by regression (train.fit_flow_matching), "
+                         "which keeps no parameter average")
     if args.lr is None:
         args.lr = DIGITS_LR if args.data == "digits" else LR
     if args.data == "digits":
@@ -213,7 +224,8 @@ def cmd_train(args):
                          seed=args.seed, n_layers=args.n_layers, hidden=args.hidden,
                          dtype=args.dtype, overwrite=args.overwrite,
                          progress=not args.no_progress, warmup=args.warmup, clip=args.clip,
-                         threads=args.threads, beta2=args.beta2, coupling=args.coupling)
+                         threads=args.threads, beta2=args.beta2, coupling=args.coupling,
+                         ema=args.ema)
     metrics = recipes.run(config)
     if args.data == "digits":
         return 0

@@ -87,7 +87,8 @@ class Run:
     ``hidden`` and ``beta2`` (Adam's) are for the toys: None takes the model's
     ``TOY_DEFAULTS``, else ``HIDDEN`` and ``BETA2``; so is ``threads`` (BLAS threads:
     ``"auto"``, or a number). ``n_layers`` is the model's number of layers (glow's depth on
-    the digits); ``coupling`` is glow's coupling on the digits (None: affine).
+    the digits); ``coupling`` is glow's coupling on the digits (None: affine). ``ema`` is the
+    decay of Polyak averaging (``train.fit``'s ``ema``; None: none), not for flow matching.
     """
 
     model: str
@@ -107,6 +108,7 @@ class Run:
     threads: object = "auto"
     beta2: float = None
     coupling: str = None
+    ema: float = None
 
 
 def run(config):
@@ -202,9 +204,11 @@ def _train_and_report(flow, x, rng, config, model_path, start):
     model, data, steps = config.model, config.data, config.steps
     # flow_matching regresses its field on straight paths; every other model: maximum likelihood
     fit = train.fit_flow_matching if model == "flow_matching" else train.fit
+    extra = {} if config.ema is None else dict(ema=config.ema)
     history = fit(flow, x, steps=steps, batch_size=config.batch_size, lr=config.lr, rng=rng,
                   schedule="cosine", warmup=min(config.warmup, steps), clip=config.clip,
-                  threads=config.threads, progress=config.progress, betas=(0.9, config.beta2))
+                  threads=config.threads, progress=config.progress, betas=(0.9, config.beta2),
+                  **extra)
     train_seconds = time.perf_counter() - start
     if history["interrupted"]:
         print(f"interrupted by Ctrl-C after {len(history['loss'])} of {steps} steps: "
@@ -243,7 +247,8 @@ def _train_and_report(flow, x, rng, config, model_path, start):
 
 # ------------------------------------------------------------------ the 8x8 digits
 def run_digits(model, steps, batch_size, lr, out, seed=0, n_layers=None, dtype="float64",
-               overwrite=False, progress=True, warmup=WARMUP, clip=CLIP, coupling=None):
+               overwrite=False, progress=True, warmup=WARMUP, clip=CLIP, coupling=None,
+               ema=None):
     r"""Train ``model`` on the 8x8 digits; save it, ``metrics.json`` and a grid of samples.
 
     The flow models dequantised pixels v = x + u in [0, 17)^64 (``models.maf(...,
@@ -254,11 +259,13 @@ def run_digits(model, steps, batch_size, lr, out, seed=0, n_layers=None, dtype="
     (``datasets.bits_per_dim``) average DIGITS_TEST_COPIES dequantisations of the 270 test
     images. The MADEs (``maf``) and the coupling nets (``nsf``) have DIGITS_HIDDEN hidden
     units and DIGITS_ACTIVATION (``--hidden`` is for the 2-D data). ``coupling`` is glow's
-    (``models.glow(..., coupling=...)``; None keeps its default, affine).
+    (``models.glow(..., coupling=...)``; None keeps its default, affine). With ``ema``, the
+    running average of the parameters is what is validated, kept and tested
+    (``train.ParameterAverage``).
     """
     return _digits(Run(model, "digits", steps, batch_size, lr, out, seed=seed,
                        n_layers=n_layers, dtype=dtype, overwrite=overwrite, progress=progress,
-                       warmup=warmup, clip=clip, coupling=coupling))
+                       warmup=warmup, clip=clip, coupling=coupling, ema=ema))
 
 
 def _digits(config):
@@ -299,11 +306,12 @@ def _digits(config):
     print(f"training {model} ({flow.num_params()} parameters) on digits ({len(train_x)} "
           f"images x {DIGITS_COPIES} dequantisations) for {steps} steps, batch {batch_size}, "
           f"lr {lr} (warm-up {warmup} steps, then cosine decay), keeping the parameters with "
-          f"the best validation NLL")
+          f"the best validation NLL" + ("" if config.ema is None else
+                                        f" (their running average, decay {config.ema:g})"))
     history = train.fit(flow, x, steps=steps, batch_size=batch_size, lr=lr, rng=rng,
                         val_data=x_val, keep_best=True, eval_every=DIGITS_EVAL_EVERY,
                         schedule="cosine", warmup=min(warmup, steps), clip=clip,
-                        progress=progress)
+                        progress=progress, ema=config.ema)
     train_seconds = time.perf_counter() - start
     flow.eval()
     # x_test is DIGITS_TEST_COPIES copies of the test images, one after the other: average
@@ -331,7 +339,8 @@ def _digits(config):
 
     seconds = time.perf_counter() - start
     metrics = dict(model=model, data="digits", steps=steps, batch_size=batch_size, lr=lr,
-                   warmup=warmup, seed=seed, dtype=dtype, best_step=history["best_step"],
+                   warmup=warmup, seed=seed, dtype=dtype, ema=config.ema,
+                   best_step=history["best_step"],
                    best_val_nll=history["best_val_nll"], test_nll=test_nll, test_nll_se=test_nll_se,
                    test_bpd=test_bpd, test_bpd_se=test_bpd_se,
                    train_bpd=train_bpd, temperatures=list(DIGITS_TEMPERATURES),

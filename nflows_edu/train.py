@@ -1,6 +1,7 @@
 r"""Maximum-likelihood training: minibatch NLL, Adam or SGD, gradient clipping, a cosine
 learning-rate schedule, and a guard against non-finite losses.
 """
+import contextlib
 import math
 
 import numpy as np
@@ -160,7 +161,8 @@ def _converge_power_iterations(flow):
 
 def fit(flow, data, steps=1000, batch_size=256, lr=1e-3, rng=None, val_data=None,
         optimizer="adam", schedule="cosine", warmup=0, clip=100.0, eval_every=250,
-        keep_best=False, diverge=1e3, threads="auto", progress=True, betas=(0.9, 0.999)):
+        keep_best=False, diverge=1e3, threads="auto", progress=True, betas=(0.9, 0.999),
+        ema=None):
     r"""Train ``flow`` by maximum likelihood on ``data`` (N, D).
 
     Each step: take the next ``batch_size`` rows of ``data`` in a shuffled order (shuffled
@@ -193,6 +195,11 @@ def fit(flow, data, steps=1000, batch_size=256, lr=1e-3, rng=None, val_data=None
         Adam's decay rates of the running mean and the running square of the gradient.
         A shorter memory for the square (0.99) helped ``maf(2)`` on checkerboard
         (``recipes.TOY_DEFAULTS`` says by how much).
+    ema : float in (0, 1), optional
+        Polyak averaging (``ParameterAverage``): keep a running average of the parameters
+        with this decay, validate it (not the latest parameters), and return it (the best
+        validated average with ``keep_best``). The steps' noise at a high learning rate
+        averages out.
 
     Returns
     -------
@@ -204,6 +211,8 @@ def fit(flow, data, steps=1000, batch_size=256, lr=1e-3, rng=None, val_data=None
     if val_data is not None:
         val_data = check_array(val_data, "fit (val_data)", flow.dim)
     _check_fit_arguments(steps, batch_size, lr, clip, eval_every, warmup, diverge, betas)
+    if ema is not None and not (isinstance(ema, (float, np.floating)) and 0 < ema < 1):
+        raise ValueError(f"fit: expected ema None or a decay in (0, 1), got {ema!r}")
     if keep_best and val_data is None:
         raise ValueError("fit: keep_best=True needs val_data to choose the best parameters")
     rng = np.random.default_rng() if rng is None else rng
@@ -221,7 +230,7 @@ def fit(flow, data, steps=1000, batch_size=256, lr=1e-3, rng=None, val_data=None
     with blas_threads(threads, flow, batch_size):
         return _fit_loop(flow, data, params, opt, steps, min(int(batch_size), len(data)), lr,
                          rng, val_data, schedule, warmup, clip, eval_every, keep_best, diverge,
-                         progress)
+                         progress, None if ema is None else ParameterAverage(params, ema))
 
 
 def needs_data_init(flow):
@@ -231,8 +240,47 @@ def needs_data_init(flow):
                for m in flow.modules())
 
 
+class ParameterAverage:
+    r"""A running (exponential) average of the parameters: Polyak averaging.
+
+    After step t = 1, 2, ...:   a <- a + (1 - beta_t) (p - a),
+                                beta_t = min(decay, (1 + t) / (10 + t))
+    for every parameter p and its average a (a starts at the initial p). The warm-up of
+    beta_t lets the early averages follow the recent parameters rather than the
+    initialisation; later, a averages about the last 1 / (1 - decay) steps.
+
+    ``with average.swapped():`` the model holds the averages (evaluate it there), and its
+    own parameters are back afterwards; ``load()`` keeps the averages in the model.
+    """
+
+    def __init__(self, params, decay):
+        self.params = [p for _, p, _ in params]
+        self.averages = [p.copy() for p in self.params]
+        self.decay, self.t = float(decay), 0
+
+    def update(self):
+        self.t += 1
+        beta = min(self.decay, (1 + self.t) / (10 + self.t))
+        for a, p in zip(self.averages, self.params):
+            a += (1 - beta) * (p - a)
+
+    def load(self):
+        for p, a in zip(self.params, self.averages):
+            p[...] = a
+
+    @contextlib.contextmanager
+    def swapped(self):
+        saved = [p.copy() for p in self.params]
+        self.load()
+        try:
+            yield
+        finally:
+            for p, own in zip(self.params, saved):
+                p[...] = own
+
+
 def _fit_loop(flow, data, params, opt, steps, batch_size, lr, rng, val_data, schedule, warmup,
-              clip, eval_every, keep_best, diverge, progress):
+              clip, eval_every, keep_best, diverge, progress, average=None):
     guard = _LastGood(flow, params, "fit", steps, f"Try a smaller learning rate (now {lr:g}) or "
                       f"a tighter gradient clip (now {clip}).")
     best = flow.state_dict() if keep_best else None
@@ -265,11 +313,14 @@ def _fit_loop(flow, data, params, opt, steps, batch_size, lr, rng, val_data, sch
                 guard.save()
                 opt.lr = learning_rate(step, steps, lr, schedule, warmup)
                 opt.step()
+                if average is not None:
+                    average.update()
                 history["loss"].append(loss)
                 if progress and (step + 1) % 25 == 0:  # running NLL: mean of the last 25 batches
                     bar.set_postfix(nll=f"{np.mean(history['loss'][-25:]):.3f}", refresh=False)
                 if (step + 1) % eval_every == 0 or step + 1 == steps:
-                    _evaluate(flow, history, step, eval_every, val_data, best, bar, progress)
+                    with average.swapped() if average is not None else contextlib.nullcontext():
+                        _evaluate(flow, history, step, eval_every, val_data, best, bar, progress)
         except KeyboardInterrupt:
             _interrupted(guard, history, bar)
         _check_last_update(params, history, stop)
@@ -278,6 +329,8 @@ def _fit_loop(flow, data, params, opt, steps, batch_size, lr, rng, val_data, sch
         flow.load_state_dict(best)
         i = int(np.argmin(history["val_nll"]))
         history["best_step"], history["best_val_nll"] = history["step"][i], history["val_nll"][i]
+    elif average is not None:
+        average.load()
     return history
 
 

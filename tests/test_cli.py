@@ -437,3 +437,13 @@ def test_flow_matching_trains_by_flow_matching_not_maximum_likelihood(tmp_path, 
     capsys.readouterr()
     assert cli.main(argv[:-1] + [str(tmp_path / "b"), "--n-layers", "2"]) == 2
     assert_one_line_error(capsys.readouterr().err, "--n-layers", "flow_matching")
+
+
+def test_train_with_parameter_averaging(tmp_path, capsys):
+    """--ema: the toy run trains and reports as usual; flow matching refuses it in one line."""
+    assert cli.main(train_args(tmp_path / "ema", "--ema", "0.9")) == 0
+    assert json.loads((tmp_path / "ema" / "metrics.json").read_text())["test_nll"] < 10
+    assert cli.main(["train", "--model", "flow_matching", "--data", "8gaussians", "--steps",
+                     "5", "--ema", "0.9", "--out", str(tmp_path / "fm")]) == 2
+    assert "--ema" in capsys.readouterr().err
+    assert cli.main(train_args(tmp_path / "bad", "--ema", "1")) == 2

@@ -128,3 +128,55 @@ def test_validation_runs_in_eval_mode_and_keep_best_restores_buffers(rng):
     assert means and all(np.abs(m).max() < 2.0 for m in means)  # never pulled towards +5
     flow.eval()
     assert train.nll(flow, val) == pytest.approx(h["best_val_nll"], rel=1e-12)
+
+
+def test_ema_returns_the_running_average_of_the_steps(rng, monkeypatch):
+    """With ema and no validation, fit returns a_T, where a_0 = p_0 and
+    a_t = a_{t-1} + (1 - beta_t) (p_t - a_{t-1}), beta_t = min(decay, (1 + t) / (10 + t)),
+    recomputed here from the parameters recorded after every step."""
+    flow = models.realnvp(2, n_layers=2, hidden=(8,), rng=rng)
+    initial = [p.copy() for _, p, _ in flow.parameters()]
+    trajectory = []
+    real = train.ParameterAverage.update
+
+    def spy(self):
+        trajectory.append([p.copy() for p in self.params])
+        real(self)
+
+    monkeypatch.setattr(train.ParameterAverage, "update", spy)
+    train.fit(flow, _data(rng, 1000), steps=40, batch_size=64, lr=3e-2, rng=rng, ema=0.95,
+              progress=False)
+    average = [p.copy() for p in initial]
+    for t, params in enumerate(trajectory, start=1):
+        beta = min(0.95, (1 + t) / (10 + t))
+        for a, p in zip(average, params):
+            a += (1 - beta) * (p - a)
+    assert len(trajectory) == 40
+    for a, (_, p, _) in zip(average, flow.parameters()):
+        np.testing.assert_array_equal(a, p)
+    assert max(np.abs(a - p).max() for a, p in zip(average, trajectory[-1])) > 1e-3
+
+
+def test_ema_validates_and_keeps_the_average(rng):
+    """keep_best with ema: the kept parameters are an average (not the raw parameters of any
+    step), and their validation NLL is the best one recorded."""
+    flow = models.realnvp(2, n_layers=2, hidden=(16,), rng=rng)
+    data, val = _data(rng, 2000), _data(rng, 500)
+    h = train.fit(flow, data, steps=60, batch_size=64, lr=3e-2, rng=rng, val_data=val,
+                  eval_every=10, keep_best=True, ema=0.9, progress=False)
+    assert train.nll(flow, val) == pytest.approx(min(h["val_nll"]), rel=1e-12)
+    with pytest.raises(ValueError, match="ema"):
+        train.fit(flow, data, steps=3, ema=1.0, progress=False)
+
+
+def test_parameter_average_swap_puts_the_parameters_back(rng):
+    flow = models.realnvp(2, n_layers=2, hidden=(8,), rng=rng)
+    params = list(flow.parameters())
+    average = train.ParameterAverage(params, 0.9)
+    for _, p, _ in params:
+        p += 1.0
+    average.update()
+    own = [p.copy() for _, p, _ in params]
+    with average.swapped():
+        assert all(np.array_equal(p, a) for (_, p, _), a in zip(params, average.averages))
+    assert all(np.array_equal(p, o) for (_, p, _), o in zip(params, own))
