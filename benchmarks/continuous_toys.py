@@ -8,7 +8,8 @@ defaults, float64, one BLAS thread):
 * ``flow_matching``: regression on straight paths, one field evaluation per step and no ODE
   (the CLI's defaults for it: a 128x128x128 field with sine units);
 * ``ffjord``: maximum likelihood through 8 RK4 steps, 32 field evaluations with the exact
-  trace (D Jacobian-vector products each) and their VJPs per step;
+  trace (D Jacobian-vector products each) and their VJPs per step (the CLI's 64x64 field of
+  sine units);
 * ``nsf``: the spline coupling flow, at its README protocol of 5000 steps.
 
 The KL is the CLI's, printed with its standard error: on 100,000 fresh points for the
@@ -20,7 +21,7 @@ stiff the learned field is). The runs go one after another (or ``--workers`` at 
 the models interleaved, so their times are measured under the same load.
 
 Run:  python benchmarks/continuous_toys.py [--seeds 2] [--fm-steps 15000]
-          [--ffjord-steps 1000] [--workers 1]
+          [--ffjord-steps 2000] [--workers 1] [--models flow_matching ffjord nsf]
 """
 import argparse
 import contextlib
@@ -82,14 +83,15 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=2, help="seeds 0 .. SEEDS-1 (default 2)")
     parser.add_argument("--fm-steps", type=int, default=15000)
-    parser.add_argument("--ffjord-steps", type=int, default=1000)
+    parser.add_argument("--ffjord-steps", type=int, default=2000)
     parser.add_argument("--nsf-steps", type=int, default=5000)
     parser.add_argument("--workers", type=int, default=1, help="runs at once (default 1)")
     parser.add_argument("--data", nargs="+", default=list(DATA), choices=DATA)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     args = parser.parse_args(argv)
     start = time.perf_counter()
     steps = {"flow_matching": args.fm_steps, "ffjord": args.ffjord_steps, "nsf": args.nsf_steps}
-    jobs = [(m, d, s) for d in args.data for s in range(args.seeds) for m in MODELS]
+    jobs = [(m, d, s) for d in args.data for s in range(args.seeds) for m in args.models]
     with ProcessPoolExecutor(args.workers) as pool:
         results = dict(zip(jobs, pool.map(run_one, *zip(*jobs),
                                           [steps[m] for m, _, _ in jobs])))
@@ -97,7 +99,7 @@ def main(argv=None):
           f"the CLI's 2-D defaults, float64, one BLAS thread, {args.workers} run(s) at a time; "
           f"KL(p || q) in nats")
     for data in args.data:
-        for model in MODELS:
+        for model in args.models:
             rows = [results[(model, data, s)] for s in range(args.seeds)]
             print(f"\n{model}(2) on {data}, {steps[model]} steps:")
             for seed, (kl, se, seconds, nfe) in enumerate(rows):
