@@ -159,7 +159,6 @@ def time_family(family, dim, n, hidden, repeats, dtype=np.float64, seed=0):
         if family.trains == "forward":
             flow.loss_and_grad(x)
         elif family.trains == "flow matching":   # x as data, noise paired at random times
-            field = flow_matching.field_of(flow, "table")
             field.zero_grad()
             flow_matching.cfm_loss_and_grad(field, x, z, rng.uniform(size=n))
         else:
@@ -167,6 +166,7 @@ def time_family(family, dim, n, hidden, repeats, dtype=np.float64, seed=0):
         opt.step()
 
     z = flow.base.sample(n, rng)
+    field = flow_matching.field_of(flow, "table") if family.trains == "flow matching" else None
     ops = dict(inference=lambda: flow.bijector.forward(x),
                sampling=lambda: flow.sample(n, rng),
                density=lambda: flow.log_prob(x),

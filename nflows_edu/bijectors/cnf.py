@@ -112,8 +112,11 @@ class TimeField(Module):
             raise ValueError(f"TimeField: expected activation in {tuple(self.ACTIVATIONS)}, got "
                              f"{activation!r}")
         self.dim, self.activation = int(dim), activation
-        self.derivatives = self.ACTIVATIONS[activation]   # a -> (phi(a), phi'(a), phi''(a))
         self.net = MLP((self.dim + 1, *hidden, self.dim), activation, rng=rng, dtype=dtype)
+
+    def derivatives(self, a):
+        """(phi(a), phi'(a), phi''(a)) elementwise for the field's activation."""
+        return self.ACTIVATIONS[self.activation](a)
 
     def _input(self, x, t):
         """[x, t]: t as one more column, one time for every example (a scalar t, as the ODE
