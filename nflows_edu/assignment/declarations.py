@@ -185,21 +185,22 @@ exercise("ActNorm.inverse_backward", ActNorm, "easy",
 exercise("Invertible1x1Conv.backward", Invertible1x1Conv, "medium",
          "the VJP of a per-pixel channel mix, and the gradient of H W log|det W|",
          registry=("Invertible1x1Conv",),
-         shapes="dz (N, C, H, W), dlogdet (N,), cache (x, W) -> dx (N, C, H, W); add dW (C, C) "
-                "(through self.weight_backward)")
+         shapes="dz (N, C, H, W), dlogdet (N,), cache (x, W, factors) -> dx (N, C, H, W); add "
+                "dW (C, C) (through self.weight_backward, which takes the factors)")
 exercise("Invertible1x1Conv.inverse_backward", Invertible1x1Conv, "hard",
          "the VJP of the inverse: through V = W^{-1}, dW = -V^T dV V^T",
          registry=("Invertible1x1Conv",),
-         shapes="dx (N, C, H, W), dlogdet (N,), cache (z, W, V) -> dz (N, C, H, W); add dW "
-                "(C, C) (through self.weight_backward)")
+         shapes="dx (N, C, H, W), dlogdet (N,), cache (z, V, factors) -> dz (N, C, H, W); add "
+                "dW (C, C) (through self.weight_backward, which takes the factors)")
 exercise("LUInvertible1x1Conv.log_abs_det", LUInvertible1x1Conv, "easy",
          "log|det W| of W = P L U in O(C): only the diagonal of U counts",
-         registry=("LUInvertible1x1Conv",), shapes="W (C, C) -> float, from self.params")
+         registry=("LUInvertible1x1Conv",),
+         shapes="no argument -> float, read off self.params")
 exercise("LUInvertible1x1Conv.weight_backward", LUInvertible1x1Conv, "hard",
          "gradients of the LU factors (L, U, log_s) from dW and the log-det's gradient",
          registry=("LUInvertible1x1Conv",),
-         shapes="dW (C, C), dlogabsdet float, W (C, C) -> None; add dL, dU (C, C), "
-                "dlog_s (C,) into self.grads")
+         shapes="dW (C, C), dlogabsdet float, factors (L_1, U_s), each (C, C), from the "
+                "cache -> None; add dL, dU (C, C), dlog_s (C,) into self.grads")
 
 
 # ------------------------------------------------------------------ bijectors.spline

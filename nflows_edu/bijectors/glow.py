@@ -146,7 +146,9 @@ class Invertible1x1Conv(Bijector):
               (from dV = -V dW V, the derivative of a matrix inverse)
 
     Shapes: x, z (N, C, H, W_img); logdet (N,); parameter ``W`` (C, C), initialised as a random
-    rotation (Glow), so log|det W| = 0 at the start. Cost: ``slogdet`` and the inverse are
+    rotation (Glow), so log|det W| = 0 at the start. Caches: forward (x, W, factors), inverse
+    (z, V, factors), where ``factors`` is what ``weight()`` makes W from (here W itself; the
+    LU version's (L_1, U_s)), for ``weight_backward``. Cost: ``slogdet`` and the inverse are
     O(C^3) per call; ``LUInvertible1x1Conv`` makes both O(C) and O(C^2).
 
     References: Kingma, Dhariwal (2018), arXiv:1807.03039, section 3.2.
@@ -164,50 +166,56 @@ class Invertible1x1Conv(Bijector):
     def _check(self, x):
         return check_images(x, type(self).__name__, self.channels)
 
-    # the three things the LU version does differently
+    # The three things the LU version does differently: how W is made (``weight`` returns W
+    # and its ``factors``, here W itself), how W^{-1} and log|det W| are computed, and how the
+    # gradient through W reaches the parameters. ``weight`` runs once per forward or inverse;
+    # the cache carries the factors on to ``weight_backward``.
     def weight(self):
-        """W (C, C)."""
-        return self.params["W"]
+        """(W, factors): W (C, C) and what ``inverse_weight`` and ``weight_backward`` take;
+        for this dense layer the factors are W itself."""
+        W = self.params["W"]
+        return W, W
 
-    def inverse_weight(self, W):
-        """V = W^{-1} (C, C)."""
-        return np.linalg.inv(W)
+    def inverse_weight(self, factors):
+        """V = W^{-1} (C, C), from ``factors`` (here W)."""
+        return np.linalg.inv(factors)
 
-    def log_abs_det(self, W):
-        """log|det W| (a float)."""
-        return np.linalg.slogdet(W)[1]
+    def log_abs_det(self):
+        """log|det W| (a float) of the current parameters."""
+        return np.linalg.slogdet(self.params["W"])[1]
 
-    def weight_backward(self, dW, dlogabsdet, W):
+    def weight_backward(self, dW, dlogabsdet, factors):
         r"""Add the gradient of the loss through W (``dW``) and through log|det W|
-        (``dlogabsdet``, a float) into ``grads``:  dW + dlogabsdet * W^{-T}."""
-        self.grads["W"] += dW + dlogabsdet * self.inverse_weight(W).T
+        (``dlogabsdet``, a float) into ``grads``:  dW + dlogabsdet * W^{-T}, with W^{-1} from
+        ``factors`` (here W)."""
+        self.grads["W"] += dW + dlogabsdet * self.inverse_weight(factors).T
 
     def forward(self, x):
         x = self._check(x)
-        W = self.weight()
+        W, factors = self.weight()
         z = _mix(W, x)
         hw = x.shape[2] * x.shape[3]
-        return z, np.full(x.shape[0], hw * self.log_abs_det(W), dtype=z.dtype), (x, W)
+        return z, np.full(x.shape[0], hw * self.log_abs_det(), dtype=z.dtype), (x, W, factors)
 
     def inverse(self, z):
         z = self._check(z)
-        W = self.weight()
-        V = self.inverse_weight(W)
+        _, factors = self.weight()
+        V = self.inverse_weight(factors)
         x = _mix(V, z)
         hw = z.shape[2] * z.shape[3]
-        return x, np.full(z.shape[0], -hw * self.log_abs_det(W), dtype=x.dtype), (z, W, V)
+        return x, np.full(z.shape[0], -hw * self.log_abs_det(), dtype=x.dtype), (z, V, factors)
 
     def backward(self, dz, dlogdet, cache):
-        x, W = cache
+        x, W, factors = cache
         hw = x.shape[2] * x.shape[3]
-        self.weight_backward(_outer_sum(dz, x), hw * dlogdet.sum(), W)
+        self.weight_backward(_outer_sum(dz, x), hw * dlogdet.sum(), factors)
         return _mix(W.T, dz)
 
     def inverse_backward(self, dx, dlogdet, cache):
-        z, W, V = cache
+        z, V, factors = cache
         hw = z.shape[2] * z.shape[3]
         dV = _outer_sum(dx, z)
-        self.weight_backward(-V.T @ dV @ V.T, -hw * dlogdet.sum(), W)
+        self.weight_backward(-V.T @ dV @ V.T, -hw * dlogdet.sum(), factors)
         return _mix(V.T, dx)
 
     def __repr__(self):
@@ -236,7 +244,8 @@ class LUInvertible1x1Conv(Invertible1x1Conv):
     Log-det:  forward  H * W_img * sum_c log_s[c]  (det P = +-1, det L_1 = 1);  inverse minus
     V = W^{-1} = U_s^{-1} L_1^{-1} P^T  by two triangular solves (O(C^2) per column)
     Gradients of the factors from dW (the gradient through W), with dlogabsdet the upstream
-    gradient of log|det W| (H * W_img * sum_n dlogdet, negated for the inverse):
+    gradient of log|det W| (H * W_img * sum_n dlogdet, negated for the inverse), and L_1, U_s
+    the factors ``weight()`` made in the forward or inverse pass (kept in its cache):
               dL_1 = P^T dW U_s^T;   dU_s = L_1^T P^T dW
               dL = tril(dL_1, -1);   dU = triu(dU_s, 1)
               dlog_s = diag(dU_s) * sign_s * exp(log_s) + dlogabsdet
@@ -260,29 +269,25 @@ class LUInvertible1x1Conv(Invertible1x1Conv):
         self._lower = np.tril(np.ones((c, c), dtype=bool), -1)
         self._upper = self._lower.T
 
-    def _factors(self):
-        """(L_1, U_s): unit lower triangular and upper triangular (C, C)."""
+    def weight(self):
+        """(W, (L_1, U_s)): W = P @ L_1 @ U_s (C, C) and its two triangular factors."""
         eye = np.eye(self.channels, dtype=self.params["L"].dtype)
         L_1 = np.where(self._lower, self.params["L"], 0) + eye
         U_s = (np.where(self._upper, self.params["U"], 0)
                + np.diag(self.buffers["sign_s"] * np.exp(self.params["log_s"])))
-        return L_1, U_s
+        return self.buffers["P"] @ L_1 @ U_s, (L_1, U_s)
 
-    def weight(self):
-        L_1, U_s = self._factors()
-        return self.buffers["P"] @ L_1 @ U_s
-
-    def inverse_weight(self, W):
+    def inverse_weight(self, factors):
         from scipy.linalg import solve_triangular  # here: importing the library stays light
-        L_1, U_s = self._factors()
+        L_1, U_s = factors
         PT = self.buffers["P"].T
         return solve_triangular(U_s, solve_triangular(L_1, PT, lower=True, unit_diagonal=True))
 
-    def log_abs_det(self, W):
+    def log_abs_det(self):
         return self.params["log_s"].sum()
 
-    def weight_backward(self, dW, dlogabsdet, W):
-        L_1, U_s = self._factors()
+    def weight_backward(self, dW, dlogabsdet, factors):
+        L_1, U_s = factors
         PT_dW = self.buffers["P"].T @ dW
         dL_1 = PT_dW @ U_s.T
         dU_s = L_1.T @ PT_dW
