@@ -308,7 +308,7 @@ def check_bijector(b, x, rng=None, eps=1e-6, name=None, entries=None, x_entries=
     >>> import numpy as np
     >>> from nflows_edu.bijectors import Scaling
     >>> rng = np.random.default_rng(0)
-    >>> layer = Scaling(3); layer.params["s"][:] = [0.5, -1.0, 2.0]
+    >>> layer = Scaling(3); layer.params["log_s"][:] = [0.5, -1.0, 2.0]
     >>> report = check_bijector(layer, rng.standard_normal((4, 3)), rng)
     >>> report.passed(), report.status
     (True, {'forward': 'checked', 'inverse': 'checked'})

@@ -9,8 +9,15 @@ import zipfile
 import numpy as np
 
 from . import models
+from .bijectors import Scaling
 
 CONFIG_KEY = "__config__"
+
+# Parameters renamed since a model could first be saved: (layer class, old name, new name).
+# ``load`` gives a file with the old name the new one, so models saved before keep loading.
+RENAMED = [
+    (Scaling, "s", "log_s"),  # one log-scale name, as ActNorm and LUInvertible1x1Conv have
+]
 
 
 def save(flow, path, overwrite=False):
@@ -86,10 +93,27 @@ def _check_arrays(flow, arrays, path):
             raise ValueError(f"load: {path}: array {name!r} has NaN or infinite values")
 
 
+def _named_modules(module, prefix=""):
+    """Yield ``(prefix, module)`` over ``module`` and its sub-modules, ``prefix`` the start of
+    their parameters' qualified names ("" for ``module``, "bijector.layers.4." below)."""
+    yield prefix, module
+    for name, child in module.children():
+        yield from _named_modules(child, prefix + name + ".")
+
+
+def _rename_old_keys(flow, arrays):
+    """Rename, in ``arrays``, the keys an older version saved under a name in ``RENAMED``."""
+    for prefix, module in _named_modules(flow):
+        for cls, old, new in RENAMED:
+            if isinstance(module, cls) and prefix + old in arrays and prefix + new not in arrays:
+                arrays[prefix + new] = arrays.pop(prefix + old)
+
+
 def load(path):
     r"""Rebuild the flow saved at ``path``; its ``log_prob`` and ``sample`` match the saved one's
     exactly. ``path`` may be a directory holding ``model.npz`` (what ``nflows-edu train``
-    writes).
+    writes). A file saved before a parameter was renamed (``RENAMED``: ``Scaling``'s ``s``,
+    now ``log_s``) loads too.
 
     Raises ``FileNotFoundError`` if there is no such file and ``ValueError``, naming the file
     and the field or array, if it is not an nflows_edu model: not an npz of plain arrays, no
@@ -124,6 +148,7 @@ def load(path):
     except (TypeError, ValueError, AttributeError, MemoryError) as err:
         raise ValueError(f"load: {path}: the config does not describe a model this version can "
                          f"rebuild ({err})") from None
+    _rename_old_keys(flow, arrays)
     _check_arrays(flow, arrays, path)
     try:
         flow.load_state_dict(arrays)

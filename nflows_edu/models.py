@@ -33,7 +33,7 @@ def nice(dim, n_layers=4, hidden=(64, 64), activation="relu", rng=None, dtype=np
     features, then a diagonal ``Scaling``; the prior is the standard logistic. (The paper used
     4 couplings with 5 x 1000 ReLU units on MNIST; ``hidden`` sets the net here.)
 
-        log p(x) = sum_j log p_logistic(z_j) + sum_j s_j,   z = exp(s) * f_couplings(x)
+        log p(x) = sum_j log p_logistic(z_j) + sum_j log_s[j],   z = exp(log_s) * f_couplings(x)
     """
     dim = _check_dim(dim, "nice")
     n_layers = _check_layers(n_layers, "nice")

@@ -226,7 +226,7 @@ SIZE_BUGS = {"Scaling.backward": "first 4 examples only",
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_hard_coded_sizes_lose_the_checks_and_the_reference(tmp_path, seed):
-    """Reported: Scaling.backward summing ds over the first 4 examples got 8 of 10 (checks 5/5,
+    """Reported: Scaling.backward summing dlog_s over the first 4 examples got 8 of 10 (checks 5/5,
     reference 3/3, only training saw it) at three grading seeds, and Scaling.forward / inverse
     scaling only the first 5 features passed every registry draw: the hidden draws were of 1
     to 4 examples and 2 to 5 features. Every hidden draw is now larger than both."""

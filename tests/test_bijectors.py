@@ -222,7 +222,7 @@ def test_bad_mask_is_rejected(mask):
 
 def test_registry_sizes_exceed_a_worked_example():
     """Reported: batches of 1 to 4 examples and 2 to 5 features let a Scaling whose backward
-    sums ds over the first 4 examples, or whose forward scales the first 5 features only,
+    sums dlog_s over the first 4 examples, or whose forward scales the first 5 features only,
     pass 30 of 30 draws. The draws now reach 64 examples and 12 features, small ones still
     among them, and the grader's (``large``) are all above both sizes."""
     rng = np.random.default_rng(0)
@@ -244,13 +244,13 @@ def test_registry_draws_catch_hard_coded_sizes(bug):
         if bug.startswith("backward"):
             def backward(self, dz, dlogdet, cache):
                 x, z = cache
-                self.grads["s"] += (dz * z)[:4].sum(axis=0) + dlogdet[:4].sum()
-                return dz * np.exp(self.params["s"])
+                self.grads["log_s"] += (dz * z)[:4].sum(axis=0) + dlogdet[:4].sum()
+                return dz * np.exp(self.params["log_s"])
         else:
             def forward(self, x):
                 z = np.array(x, dtype=np.float64)
-                z[:, :5] *= np.exp(self.params["s"][:5])
-                return z, np.full(len(x), self.params["s"].sum()), (x, z)
+                z[:, :5] *= np.exp(self.params["log_s"][:5])
+                return z, np.full(len(x), self.params["log_s"].sum()), (x, z)
 
     gradcheck.register("Sized", lambda d, r: Sized(d))
     try:

@@ -228,14 +228,14 @@ STUDENT_LAYERS = {
     "rebinds": """
         def backward(self, dz, dlogdet, cache):
             x, z = cache
-            self.grads["s"] = (dz * z).sum(axis=0) + dlogdet.sum()  # rebinds the array
-            return dz * np.exp(self.params["s"])
+            self.grads["log_s"] = (dz * z).sum(axis=0) + dlogdet.sum()  # rebinds the array
+            return dz * np.exp(self.params["log_s"])
     """,
     "overwrites": """
         def backward(self, dz, dlogdet, cache):
             x, z = cache
-            self.grads["s"][...] = (dz * z).sum(axis=0) + dlogdet.sum()  # = instead of +=
-            return dz * np.exp(self.params["s"])
+            self.grads["log_s"][...] = (dz * z).sum(axis=0) + dlogdet.sum()  # = instead of +=
+            return dz * np.exp(self.params["log_s"])
     """,
 }
 

@@ -43,8 +43,8 @@ def test_state_dict_round_trip_and_errors(rng):
 def test_buffers_are_saved_but_not_trained(rng):
     chain = Chain([Permutation(4, rng=rng), Scaling(4)])
     assert [n for n, _ in chain.named_buffers()] == ["layers.0.perm"]
-    assert [n for n, _, _ in chain.parameters()] == ["layers.1.s"]
-    assert set(chain.state_dict()) == {"layers.0.perm", "layers.1.s"}
+    assert [n for n, _, _ in chain.parameters()] == ["layers.1.log_s"]
+    assert set(chain.state_dict()) == {"layers.0.perm", "layers.1.log_s"}
 
 
 def test_bijector_base_class_says_what_is_missing():

@@ -124,6 +124,29 @@ def test_save_load_float32(build, rng, tmp_path):
     np.testing.assert_array_equal(loaded.log_prob(x), flow.log_prob(x))
 
 
+def test_a_nice_model_saved_before_scaling_s_became_log_s_still_loads(rng, tmp_path):
+    """Scaling's parameter was "s" until it took the name the other log-scales have,
+    "log_s"; a model file written before (key "bijector.layers.2.s") loads, to the same
+    flow, and the renaming touches no other key."""
+    flow = gradcheck.randomize_parameters(models.nice(2, n_layers=2, hidden=(8,), rng=rng),
+                                          rng, 0.3)
+    state = flow.state_dict()
+    state["bijector.layers.2.s"] = state.pop("bijector.layers.2.log_s")
+    old = tmp_path / "saved_before.npz"
+    np.savez(old, __config__=np.array(json.dumps(flow.config)), **state)
+    loaded = nf.load(old)
+    np.testing.assert_array_equal(loaded.bijector.layers[2].params["log_s"],
+                                  flow.bijector.layers[2].params["log_s"])
+    x = rng.standard_normal((20, 2))
+    np.testing.assert_array_equal(loaded.log_prob(x), flow.log_prob(x))
+    with np.load(nf.save(loaded, tmp_path / "saved_now"), allow_pickle=False) as f:
+        assert sorted(f.files) == sorted([*flow.state_dict(), "__config__"])
+    state["bijector.layers.0.s"] = state["bijector.layers.2.s"]  # no Scaling there
+    np.savez(old, __config__=np.array(json.dumps(flow.config)), **state)
+    with pytest.raises(ValueError, match="unexpected.*bijector.layers.0.s"):
+        nf.load(old)
+
+
 def test_save_refuses_to_overwrite(trained, tmp_path):
     flow, _ = trained
     path = nf.save(flow, tmp_path / "m.npz")

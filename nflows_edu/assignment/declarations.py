@@ -150,21 +150,21 @@ exercise("CNF.backward", CNF, "hard",
 
 # ------------------------------------------------------------------ bijectors.elementwise
 exercise("Scaling.forward", Scaling, "easy",
-         "z = x * exp(s), every feature scaled, and the log-det sum_j s_j of each example",
+         "z = x * exp(log_s), every feature scaled, and the log-det sum_j log_s[j]",
          registry=("Scaling",),
          shapes="x (N, D) -> z (N, D), logdet (N,), cache (x, z)")
 exercise("Scaling.inverse", Scaling, "easy",
-         "x = z * exp(-s), every feature unscaled, and the log-det -sum_j s_j",
+         "x = z * exp(-log_s), every feature unscaled, and the log-det -sum_j log_s[j]",
          registry=("Scaling",),
          shapes="z (N, D) -> x (N, D), logdet (N,), cache (z, x)")
 exercise("Scaling.backward", Scaling, "easy",
-         "the VJP of z = x * exp(s), with the gradient of the log-det sum s",
+         "the VJP of z = x * exp(log_s), with the gradient of the log-det sum log_s",
          registry=("Scaling",),
-         shapes="dz (N, D), dlogdet (N,), cache (x, z) -> dx (N, D); add ds (D,) into "
-                "self.grads['s']")
+         shapes="dz (N, D), dlogdet (N,), cache (x, z) -> dx (N, D); add dlog_s (D,) into "
+                "self.grads['log_s']")
 exercise("Scaling.inverse_backward", Scaling, "easy",
-         "the VJP of x = z * exp(-s), log-det -sum s", registry=("Scaling",),
-         shapes="dx (N, D), dlogdet (N,), cache (z, x) -> dz (N, D); add ds (D,)")
+         "the VJP of x = z * exp(-log_s), log-det -sum log_s", registry=("Scaling",),
+         shapes="dx (N, D), dlogdet (N,), cache (z, x) -> dz (N, D); add dlog_s (D,)")
 
 
 # ------------------------------------------------------------------ bijectors.glow

@@ -279,38 +279,38 @@ MUTANTS = (
        [("affine_inverse_backward(dx_b", "affine_backward(dx_b")], "gradient"),
     # ---------------------------------------------------------------- Scaling
     _m("Scaling.backward", "grads overwritten",
-       "self.grads['s'] = ...: rebinds the array the optimizer holds",
-       [('self.grads["s"] += ', 'self.grads["s"] = ')], "bookkeeping"),
+       "self.grads['log_s'] = ...: rebinds the array the optimizer holds",
+       [('self.grads["log_s"] += ', 'self.grads["log_s"] = ')], "bookkeeping"),
     _m("Scaling.backward", "log-det term missing",
-       "ds without sum_n dlogdet",
+       "dlog_s without sum_n dlogdet",
        [(" + dlogdet.sum()", "")], "gradient"),
     _m("Scaling.backward", "dlogdet averaged",
        "mean_n dlogdet instead of sum_n dlogdet",
        [("dlogdet.sum()", "dlogdet.mean()")], "gradient"),
-    _m("Scaling.inverse_backward", "sign of ds flipped",
+    _m("Scaling.inverse_backward", "sign of dlog_s flipped",
        "+= instead of -=: the inverse's parameter gradient has the forward's sign",
-       [('self.grads["s"] -= ', 'self.grads["s"] += ')], "gradient"),
+       [('self.grads["log_s"] -= ', 'self.grads["log_s"] += ')], "gradient"),
     # ---------------------------------------------------------------- sizes hard-coded
     # Sizes copied from a worked example (a batch of 4, 5 features): they pass every draw
     # at or below those sizes, so the registry and the grader draw batches up to 64 and
     # features up to 12 (gradcheck.draw_sizes; the grader's draws are all above 4 and 5).
     _m("Scaling.backward", "first 4 examples only",
-       "ds summed over the first 4 examples of the batch (a worked example's batch size): "
+       "dlog_s summed over the first 4 examples of the batch (a worked example's batch size): "
        "the parameter gradient of a larger batch is short of the other examples' terms",
        [("(dz * z).sum(axis=0) + dlogdet.sum()", "(dz * z)[:4].sum(axis=0) + dlogdet[:4].sum()")],
        "gradient"),
     _m("Scaling.inverse_backward", "first 4 examples only",
-       "ds summed over the first 4 examples of the batch",
+       "dlog_s summed over the first 4 examples of the batch",
        [("(dx * x).sum(axis=0) + dlogdet.sum()", "(dx * x)[:4].sum(axis=0) + dlogdet[:4].sum()")],
        "gradient"),
     _m("Scaling.forward", "first 5 features only",
-       "z[:, :5] = x[:, :5] * exp(s[:5]): a feature count hard-coded from a worked example; "
-       "features beyond the fifth pass through unscaled (while the log-det counts them)",
-       [("z = x * np.exp(s)", "z = x.copy()\n    z[:, :5] = x[:, :5] * np.exp(s[:5])")],
+       "z[:, :5] = x[:, :5] * exp(log_s[:5]): a feature count hard-coded from a worked "
+       "example; features beyond the fifth pass through unscaled (while the log-det counts them)",
+       [("z = x * np.exp(log_s)", "z = x.copy()\n    z[:, :5] = x[:, :5] * np.exp(log_s[:5])")],
        "round trip"),
     _m("Scaling.inverse", "first 5 features only",
-       "x[:, :5] = z[:, :5] * exp(-s[:5]): features beyond the fifth are not unscaled",
-       [("x = z * np.exp(-s)", "x = z.copy()\n    x[:, :5] = z[:, :5] * np.exp(-s[:5])")],
+       "x[:, :5] = z[:, :5] * exp(-log_s[:5]): features beyond the fifth are not unscaled",
+       [("x = z * np.exp(-log_s)", "x = z.copy()\n    x[:, :5] = z[:, :5] * np.exp(-log_s[:5])")],
        "round trip"),
     # ---------------------------------------------------------------- MAF
     _m("MAF.backward", "dlogdet sign flipped",
