@@ -82,3 +82,51 @@ def test_fused_adam_computes_the_textbook_update(dtype, rng, monkeypatch):
     for (name, a, _), (_, b, _) in zip(flows[0].parameters(), flows[1].parameters()):
         assert a.dtype == b.dtype == dtype
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol, err_msg=name)
+
+
+def test_flat_parameters_views_then_puts_the_arrays_back(rng):
+    """Inside the block every parameter and gradient is a view of one flat vector per dtype
+    (what the optimizer sees is what the layers use); afterwards the module holds its own
+    arrays again, with the values written inside."""
+    flow = models.realnvp(3, n_layers=2, hidden=(5,), rng=rng)
+    flow.base = models.realnvp(3, n_layers=1, hidden=(2,), dtype=np.float32, rng=rng).base
+    flow.bijector.layers[1].net.layers[0].params["W"] = (
+        flow.bijector.layers[1].net.layers[0].params["W"].astype(np.float32))
+    flow.bijector.layers[1].net.layers[0].grads["W"] = np.zeros((2, 5), np.float32)
+    own = [(p, g) for _, p, g in flow.parameters()]
+    before = [p.copy() for p, _ in own]
+    with fast.flat_parameters(flow) as params:
+        assert sorted(P.dtype.name for _, P, _ in params) == ["float32", "float64"]
+        assert sum(P.size for _, P, _ in params) == sum(p.size for p, _ in own)
+        for (_, p, g), (p0, _), b in zip(flow.parameters(), own, before):
+            np.testing.assert_array_equal(p, b)
+            assert p is not p0 and p.shape == p0.shape
+            assert any(np.shares_memory(p, P) for _, P, _ in params)
+            assert any(np.shares_memory(g, G) for _, _, G in params)
+        for _, P, G in params:
+            P += 1.0
+            G[...] = 2.0
+    for (_, p, g), (p0, g0), b in zip(flow.parameters(), own, before):
+        assert p is p0 and g is g0
+        np.testing.assert_allclose(p, b + 1.0, rtol=1e-6)
+        np.testing.assert_array_equal(g, 2.0)
+
+
+def test_fit_on_flat_parameters_matches_per_array_updates(rng):
+    """train.fit (flat parameters, fast.py) against the same steps taken array by array with
+    optim.Adam and clip_grad_norm: the same parameters to round-off."""
+    from nflows_edu import datasets, train
+    data = datasets.toy("8gaussians", 2000, np.random.default_rng(0))
+    flows = [models.realnvp(2, n_layers=3, hidden=(16, 16), rng=np.random.default_rng(1))
+             for _ in range(2)]
+    train.fit(flows[0], data, steps=30, batch_size=64, lr=1e-2, clip=5.0,
+              rng=np.random.default_rng(2), progress=False, schedule="constant")
+    params = list(flows[1].parameters())
+    opt = Adam(params, lr=1e-2)
+    batches = train.shuffled_batches(data, 64, np.random.default_rng(2))
+    for _ in range(30):
+        flows[1].loss_and_grad(next(batches))
+        clip_grad_norm(params, 5.0)
+        opt.step()
+    for (name, a, _), (_, b, _) in zip(flows[0].parameters(), flows[1].parameters()):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12, err_msg=name)

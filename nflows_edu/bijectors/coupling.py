@@ -149,7 +149,8 @@ class AffineCoupling(_Coupling):
     def _scale_shift(self, inputs_a):
         """(s, t, net_cache) from the conditioning half (checked by the caller)."""
         out, net_cache = self.net._forward(inputs_a)
-        r, t = np.split(out, 2, axis=1)
+        n_b = out.shape[1] // 2
+        r, t = out[:, :n_b], out[:, n_b:]  # slices: np.split costs 6 us more per call here
         return soft_bound(r, self.s_max), t, net_cache
 
     def _net_backward(self, ds, dt, s, net_cache):
