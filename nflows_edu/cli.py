@@ -30,8 +30,8 @@ from . import __version__, datasets, gradcheck, io, models, recipes, train
 from .recipes import (BETA2, CLIP, CONTINUOUS, DIGITS_ACTIVATION,  # noqa: F401
                       DIGITS_COPIES, DIGITS_EVAL_EVERY, DIGITS_HIDDEN, DIGITS_LR, DIGITS_MODELS,
                       DIGITS_TEMPERATURES, DIGITS_TEST_COPIES, HIDDEN, LR, N_TEST,
-                      N_TEST_CONTINUOUS, N_TEST_FAST, N_TRAIN, TOY_DEFAULTS, WARMUP, UsageError,
-                      n_test, run_digits, run_training)
+                      N_TEST_CONTINUOUS, N_TEST_DEMO, N_TEST_FAST, N_TRAIN, TOY_DEFAULTS,
+                      WARMUP, UsageError, n_test, run_digits, run_training)
 
 PROG = "nflows-edu"
 # Errors a user can cause (bad arguments and model files become UsageError on the way).
@@ -196,7 +196,8 @@ def build_parser():
 def cmd_demo(args):
     metrics = recipes.run(recipes.Run("realnvp", args.data, args.steps, 512, LR, args.out,
                                       seed=args.seed, dtype=args.dtype, overwrite=True,
-                                      progress=not args.no_progress, threads=args.threads))
+                                      progress=not args.no_progress, threads=args.threads,
+                                      n_test=N_TEST_DEMO))
     return 130 if metrics["interrupted"] else 0
 
 

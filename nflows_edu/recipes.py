@@ -22,6 +22,12 @@ from .threads import blas_threads, choose_threads
 N_TRAIN = 100_000
 N_TEST = 1_000_000  # the KL terms have a heavy tail: a million points keep its SE small
 N_TEST_FAST = 20_000  # with NFLOWS_EDU_FAST=1 (tests, notebooks in CI)
+# The demo's KL: on half a million points its standard error was 0.0006-0.0008 nats (three
+# test sets for one trained demo model; a million points: 0.0005-0.0007, a quarter million:
+# 0.0008-0.0014, the heavy tail), far below the spread over seeds (about 0.016,
+# benchmarks/demo_steps.py), in half the evaluation time: 3.5 of the demo's 31.5 s beside two
+# busy processes went to a million points.
+N_TEST_DEMO = 500_000
 
 
 # A continuous flow's density solves an ODE with D + 1 passes of its field per evaluation (32
@@ -31,11 +37,13 @@ N_TEST_CONTINUOUS = 100_000
 CONTINUOUS = ("ffjord", "flow_matching")
 
 
-def n_test(model=None):
-    """Test points of a toy run: N_TEST (N_TEST_CONTINUOUS for a continuous flow), or
-    N_TEST_FAST with NFLOWS_EDU_FAST=1."""
+def n_test(model=None, n=None):
+    """Test points of a toy run: ``n`` if given, else N_TEST (N_TEST_CONTINUOUS for a
+    continuous flow); N_TEST_FAST with NFLOWS_EDU_FAST=1."""
     if os.environ.get("NFLOWS_EDU_FAST") == "1":
         return N_TEST_FAST
+    if n is not None:
+        return n
     return N_TEST_CONTINUOUS if model in CONTINUOUS else N_TEST
 
 
@@ -92,6 +100,8 @@ class Run:
     ``"auto"``, or a number). ``n_layers`` is the model's number of layers (glow's depth on
     the digits); ``coupling`` is glow's coupling on the digits (None: affine). ``ema`` is the
     decay of Polyak averaging (``train.fit``'s ``ema``; None: none), not for flow matching.
+    ``n_test`` is the number of fresh points the toys' KL is estimated on (None: ``n_test``'s
+    default for the model).
     """
 
     model: str
@@ -112,6 +122,7 @@ class Run:
     beta2: float = None
     coupling: str = None
     ema: float = None
+    n_test: int = None
 
 
 def run(config):
@@ -217,7 +228,7 @@ def _train_and_report(flow, x, rng, config, model_path, start):
         print(f"interrupted by Ctrl-C after {len(history['loss'])} of {steps} steps: "
               "evaluating and saving the model so far")
     flow.eval()  # the density itself: exact Lipschitz bounds and log-dets, BatchNorm's averages
-    test = datasets.toy(data, n_test(model), rng)
+    test = datasets.toy(data, n_test(model, config.n_test), rng)
     log_q = train.log_prob(flow, test)
     test_nll = float(-log_q.mean())
     print(f"test NLL: {test_nll:.4f} nats per point ({len(test):,} fresh samples)")

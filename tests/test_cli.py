@@ -279,6 +279,24 @@ def test_demo_fast(tmp_path, capsys, monkeypatch):
     assert "test NLL" in printed and "KL" in printed and str(out / "warp.png") in printed
 
 
+def test_demo_estimates_its_kl_on_n_test_demo_points(tmp_path, monkeypatch):
+    """The demo's KL on N_TEST_DEMO fresh points; ``train`` keeps n_test's default (a million
+    for a discrete flow); NFLOWS_EDU_FAST=1 overrides both."""
+    seen = []
+    monkeypatch.setattr(cli.recipes, "run", lambda config: seen.append(config) or
+                        {"interrupted": False})
+    assert cli.main(["demo", "--out", str(tmp_path / "d"), "--no-progress"]) == 0
+    assert seen[-1].n_test == cli.N_TEST_DEMO < cli.N_TEST
+    assert cli.main(["train", "--model", "realnvp", "--data", "checkerboard", "--out",
+                     str(tmp_path / "t")]) == 0
+    assert seen[-1].n_test is None
+    monkeypatch.delenv("NFLOWS_EDU_FAST", raising=False)
+    assert cli.n_test("realnvp", cli.N_TEST_DEMO) == cli.N_TEST_DEMO
+    assert cli.n_test("realnvp") == cli.N_TEST and cli.n_test("ffjord") == cli.N_TEST_CONTINUOUS
+    monkeypatch.setenv("NFLOWS_EDU_FAST", "1")
+    assert cli.n_test("realnvp", cli.N_TEST_DEMO) == cli.N_TEST_FAST
+
+
 def test_python_dash_m_help():
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     result = subprocess.run([sys.executable, "-m", "nflows_edu", "--help"], cwd=REPO, env=env,
