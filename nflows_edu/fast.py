@@ -54,6 +54,7 @@ def flat_parameters(module):
     """
     members = [(m, name) for m in module.modules() for name in m.params]
     own = [(m.params[name], m.grads[name]) for m, name in members]
+    views = [None] * len(members)  # (param view, grad view) of each member
     flat = []
     for dtype in dict.fromkeys(p.dtype for p, _ in own):
         which = [i for i, (p, _) in enumerate(own) if p.dtype == dtype]
@@ -62,16 +63,17 @@ def flat_parameters(module):
         start = 0
         for i in which:
             (m, name), (p, _) = members[i], own[i]
-            m.params[name] = P[start:start + p.size].reshape(p.shape)
-            m.grads[name] = G[start:start + p.size].reshape(p.shape)
+            views[i] = (P[start:start + p.size].reshape(p.shape),
+                        G[start:start + p.size].reshape(p.shape))
+            m.params[name], m.grads[name] = views[i]
             start += p.size
         flat.append((f"all {dtype.name} parameters", P, G))
     try:
         yield flat
     finally:
-        for (m, name), (p, g) in zip(members, own):
-            np.copyto(p, m.params[name])
-            np.copyto(g, m.grads[name])
+        for (m, name), (p, g), (p_view, g_view) in zip(members, own, views):
+            np.copyto(p, p_view)
+            np.copyto(g, g_view)
             m.params[name], m.grads[name] = p, g
 
 
