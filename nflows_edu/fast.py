@@ -5,7 +5,6 @@ Each piece says what it buys, measured by ``benchmarks/coupling_step.py`` (which
 textbook and the fast variant side by side in one run), and the tests check that it computes
 what the textbook code computes.
 """
-import contextlib
 import math
 
 import numpy as np
@@ -31,50 +30,6 @@ def keep_freed_memory(nbytes=31 << 20):
     page-faulted 9,200 times per step, with 31 MiB twice.
     """
     np.empty(nbytes, dtype=np.uint8)
-
-
-@contextlib.contextmanager
-def flat_parameters(module):
-    r"""``with flat_parameters(flow) as params:`` every parameter of ``flow`` and its gradient
-    live in one flat vector per dtype for the duration of the block.
-
-    Inside, each module's ``params[name]`` and ``grads[name]`` are views of the flat vectors
-    (the same values and shapes: the layers' code reads and writes them as before), and
-    ``params`` is ``[(name, P, G)]`` with one flat ``P`` and its gradient ``G`` per dtype, in
-    the ``(name, param, grad)`` form of ``Module.parameters()``. The optimizer, the gradient
-    clip, the divergence guard and the parameter average then handle one array instead of one
-    per parameter: a 2-D RealNVP has 48 small ones, and a call per array costs more than its
-    arithmetic. On leaving, the values are copied back into the module's own arrays, which are
-    put back, so a reference to a parameter taken before the block sees the trained values.
-
-    Measured: ``train.fit`` of a float32 ``realnvp(2)`` (batch 512, 1500 steps, one thread),
-    with and without this, in five alternating pairs of fresh processes: 3.09-3.95 ms per step
-    without, 2.90-3.49 ms with (the ratio's median 0.91); ``benchmarks/coupling_step.py``
-    prints one step with and without it side by side.
-    """
-    members = [(m, name) for m in module.modules() for name in m.params]
-    own = [(m.params[name], m.grads[name]) for m, name in members]
-    views = [None] * len(members)  # (param view, grad view) of each member
-    flat = []
-    for dtype in dict.fromkeys(p.dtype for p, _ in own):
-        which = [i for i, (p, _) in enumerate(own) if p.dtype == dtype]
-        P = np.concatenate([own[i][0].ravel() for i in which])
-        G = np.concatenate([own[i][1].ravel() for i in which])
-        start = 0
-        for i in which:
-            (m, name), (p, _) = members[i], own[i]
-            views[i] = (P[start:start + p.size].reshape(p.shape),
-                        G[start:start + p.size].reshape(p.shape))
-            m.params[name], m.grads[name] = views[i]
-            start += p.size
-        flat.append((f"all {dtype.name} parameters", P, G))
-    try:
-        yield flat
-    finally:
-        for (m, name), (p, g), (p_view, g_view) in zip(members, own, views):
-            np.copyto(p, p_view)
-            np.copyto(g, g_view)
-            m.params[name], m.grads[name] = p, g
 
 
 def _adam_moments_and_step(g, m, v, step, b1, b2, lr_t, eps_t):

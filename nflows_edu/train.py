@@ -9,7 +9,7 @@ from tqdm import tqdm
 
 from .bijectors.residual import ConvergenceError
 from .core import NonFiniteError, check_array
-from .fast import FusedAdam, flat_parameters, keep_freed_memory
+from .fast import FusedAdam, keep_freed_memory
 from .nn import SpectralLinear
 from .optim import SGD, clip_grad_norm
 from .threads import blas_threads
@@ -219,15 +219,15 @@ def fit(flow, data, steps=1000, batch_size=256, lr=1e-3, rng=None, val_data=None
     _converge_power_iterations(flow)
     if needs_data_init(flow):  # Glow's ActNorm: initialised from a first batch, once
         flow.data_init(data[rng.choice(len(data), min(len(data), 512), replace=False)])
-    if optimizer not in ("adam", "sgd"):
+    params = list(flow.parameters())
+    if optimizer == "adam":
+        opt = FusedAdam(params, lr=lr, betas=tuple(betas))  # optim.Adam's, several times faster
+    elif optimizer == "sgd":
+        opt = SGD(params, lr=lr)
+    else:
         raise ValueError(f"fit: expected optimizer 'adam' or 'sgd', got {optimizer!r}")
     keep_freed_memory()  # saves page faults in every step (fast.py says how much)
-    # flat_parameters: one array per dtype for the optimizer, the clip and the guard (fast.py)
-    with flat_parameters(flow) as params, blas_threads(threads, flow, batch_size):
-        if optimizer == "adam":
-            opt = FusedAdam(params, lr=lr, betas=tuple(betas))  # optim.Adam's, several times faster
-        else:
-            opt = SGD(params, lr=lr)
+    with blas_threads(threads, flow, batch_size):
         return _fit_loop(flow, data, params, opt, steps, min(int(batch_size), len(data)), lr,
                          rng, val_data, schedule, warmup, clip, eval_every, keep_best, diverge,
                          progress, None if ema is None else ParameterAverage(params, ema))

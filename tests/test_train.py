@@ -140,7 +140,7 @@ def test_ema_returns_the_running_average_of_the_steps(rng, monkeypatch):
     real = train.ParameterAverage.update
 
     def spy(self):
-        trajectory.append([p.copy() for _, p, _ in flow.parameters()])
+        trajectory.append([p.copy() for p in self.params])
         real(self)
 
     monkeypatch.setattr(train.ParameterAverage, "update", spy)
