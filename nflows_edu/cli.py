@@ -2,7 +2,7 @@ r"""``nflows-edu``: train, sample and check flows from the command line.
 
 ::
 
-    nflows-edu demo  [--data checkerboard] [--steps 5000] [--out demo_out] [--seed 0]
+    nflows-edu demo  [--data checkerboard] [--steps 4000] [--out demo_out] [--seed 0]
     nflows-edu train --model realnvp --data moons --steps 3000 --out runs/moons
     nflows-edu sample --model runs/moons/model.npz -n 1000 --out samples.csv
     nflows-edu check [--layer AffineCoupling] [--draws 20] [--module my_layer.py]
@@ -27,9 +27,9 @@ import numpy as np
 from . import __version__, datasets, gradcheck, io, models, recipes, train
 # the runs are recipes (recipes.py); the CLI parses its arguments into a recipes.Run. The names
 # below stay importable from here: benchmarks and notebooks use cli.run_training, cli.LR, ...
-from .recipes import (BETA2, CLIP, CONTINUOUS, DIGITS_ACTIVATION,  # noqa: F401
-                      DIGITS_COPIES, DIGITS_EVAL_EVERY, DIGITS_HIDDEN, DIGITS_LR, DIGITS_MODELS,
-                      DIGITS_TEMPERATURES, DIGITS_TEST_COPIES, HIDDEN, LR, N_TEST,
+from .recipes import (BETA2, CLIP, CONTINUOUS, DEMO_LR, DEMO_STEPS,  # noqa: F401
+                      DIGITS_ACTIVATION, DIGITS_COPIES, DIGITS_EVAL_EVERY, DIGITS_HIDDEN,
+                      DIGITS_LR, DIGITS_MODELS, DIGITS_TEMPERATURES, DIGITS_TEST_COPIES, HIDDEN, LR, N_TEST,
                       N_TEST_CONTINUOUS, N_TEST_DEMO, N_TEST_FAST, N_TRAIN, TOY_DEFAULTS,
                       WARMUP, UsageError, n_test, run_digits, run_training)
 
@@ -110,14 +110,15 @@ def build_parser():
     fast = os.environ.get("NFLOWS_EDU_FAST") == "1"
     names = ", ".join(datasets.TOY_NAMES)
     demo = sub.add_parser("demo", help="train RealNVP on a 2-D toy density and draw pictures",
-                          description="Train models.realnvp(2) (Adam, batch 512, lr 3e-3, "
-                          "200 warm-up steps, cosine decay) on 100,000 points of a toy density, report the "
-                          "test NLL (and KL where the true density is known), and write "
-                          "pictures and the model into --out (overwriting).")
+                          description=f"Train models.realnvp(2) (Adam, batch 512, lr "
+                          f"{DEMO_LR:g}, 200 warm-up steps, cosine decay) on 100,000 points of a "
+                          "toy density, report the test NLL (and KL where the true density is "
+                          f"known, on {N_TEST_DEMO:,} fresh points), and write pictures and the "
+                          "model into --out (overwriting).")
     demo.add_argument("--data", default="checkerboard", choices=datasets.TOY_NAMES,
                       metavar="NAME", help=f"toy density (default checkerboard): {names}")
-    demo.add_argument("--steps", type=positive_int, default=200 if fast else 5000,
-                      help="training steps (default 5000; 200 if NFLOWS_EDU_FAST=1)")
+    demo.add_argument("--steps", type=positive_int, default=200 if fast else DEMO_STEPS,
+                      help=f"training steps (default {DEMO_STEPS}; 200 if NFLOWS_EDU_FAST=1)")
     demo.add_argument("--out", default="demo_out", help="output directory (default demo_out)")
     demo.add_argument("--seed", type=seed_int, default=0)
     demo.add_argument("--dtype", choices=("float32", "float64"), default="float32",
@@ -194,7 +195,7 @@ def build_parser():
 
 # ------------------------------------------------------------------ commands
 def cmd_demo(args):
-    metrics = recipes.run(recipes.Run("realnvp", args.data, args.steps, 512, LR, args.out,
+    metrics = recipes.run(recipes.Run("realnvp", args.data, args.steps, 512, DEMO_LR, args.out,
                                       seed=args.seed, dtype=args.dtype, overwrite=True,
                                       progress=not args.no_progress, threads=args.threads,
                                       n_test=N_TEST_DEMO))

@@ -280,13 +280,14 @@ def test_demo_fast(tmp_path, capsys, monkeypatch):
 
 
 def test_demo_estimates_its_kl_on_n_test_demo_points(tmp_path, monkeypatch):
-    """The demo's KL on N_TEST_DEMO fresh points; ``train`` keeps n_test's default (a million
-    for a discrete flow); NFLOWS_EDU_FAST=1 overrides both."""
+    """The demo trains at DEMO_LR and estimates its KL on N_TEST_DEMO fresh points; ``train``
+    keeps n_test's default (a million for a discrete flow); NFLOWS_EDU_FAST=1 overrides both."""
     seen = []
     monkeypatch.setattr(cli.recipes, "run", lambda config: seen.append(config) or
                         {"interrupted": False})
     assert cli.main(["demo", "--out", str(tmp_path / "d"), "--no-progress"]) == 0
     assert seen[-1].n_test == cli.N_TEST_DEMO < cli.N_TEST
+    assert (seen[-1].model, seen[-1].lr, seen[-1].dtype) == ("realnvp", cli.DEMO_LR, "float32")
     assert cli.main(["train", "--model", "realnvp", "--data", "checkerboard", "--out",
                      str(tmp_path / "t")]) == 0
     assert seen[-1].n_test is None
