@@ -2,7 +2,7 @@ r"""``nflows-edu``: train, sample and check flows from the command line.
 
 ::
 
-    nflows-edu demo  [--data checkerboard] [--steps 4000] [--out demo_out] [--seed 0]
+    nflows-edu demo  [--data checkerboard] [--steps 3000] [--out demo_out] [--seed 0]
     nflows-edu train --model realnvp --data moons --steps 3000 --out runs/moons
     nflows-edu sample --model runs/moons/model.npz -n 1000 --out samples.csv
     nflows-edu check [--layer AffineCoupling] [--draws 20] [--module my_layer.py]
