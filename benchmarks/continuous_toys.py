@@ -3,14 +3,16 @@ best discrete flow here (``nsf``) and its training time, measured in one run.
 
 Each run is exactly ``nflows-edu train --model M --data D --seed S --steps STEPS`` (batch
 512, lr 3e-3 with warm-up and cosine decay, 100,000 training points, the model's own 2-D
-defaults, float64, one BLAS thread):
+defaults, one BLAS thread):
 
 * ``flow_matching``: regression on straight paths, one field evaluation per step and no ODE
-  (the CLI's defaults for it: a 128x128x128 field with sine units);
-* ``ffjord``: maximum likelihood through 8 RK4 steps, 32 field evaluations with the exact
+  (the CLI's defaults for it: a 128x128x128 field with sine units, float32, the marginal
+  target ``flow_matching.MarginalTarget``: a k-d tree search and a softmax over 2048
+  reference points per step);
+* ``ffjord`` (float64): maximum likelihood through 8 RK4 steps, 32 field evaluations with the exact
   trace (D Jacobian-vector products each) and their VJPs per step (the CLI's 64x64 field of
   sine units);
-* ``nsf``: the spline coupling flow, at its README protocol of 5000 steps.
+* ``nsf`` (float64): the spline coupling flow, at its README protocol of 5000 steps.
 
 The KL is the CLI's, printed with its standard error: on 100,000 fresh points for the
 continuous flows (``cli.N_TEST_CONTINUOUS``), 1,000,000 for nsf; over seeds, the mean with
@@ -96,7 +98,8 @@ def main(argv=None):
         results = dict(zip(jobs, pool.map(run_one, *zip(*jobs),
                                           [steps[m] for m, _, _ in jobs])))
     print(f"batch 512, lr {cli.LR:g} with warm-up and cosine decay, 100,000 training points, "
-          f"the CLI's 2-D defaults, float64, one BLAS thread, {args.workers} run(s) at a time; "
+          f"the CLI's 2-D defaults (flow_matching in float32, the others in float64), one BLAS "
+          f"thread, {args.workers} run(s) at a time; "
           f"KL(p || q) in nats")
     for data in args.data:
         for model in args.models:

@@ -158,7 +158,8 @@ def build_parser():
                     help="Polyak averaging: validate, keep and test the running average of the "
                     "parameters with this decay (e.g. 0.999; default: none; not for "
                     "flow_matching)")
-    tr.add_argument("--dtype", choices=("float64", "float32"), default="float64")
+    tr.add_argument("--dtype", choices=("float64", "float32"), default=None,
+                    help="default float64; float32 for flow_matching on the toys")
     tr.add_argument("--clip", type=positive_float, default=CLIP,
                     help=f"clip the gradient norm to this (default {CLIP:g})")
     tr.add_argument("--threads", type=threads_arg, default="auto",

@@ -438,18 +438,23 @@ def test_flow_matching_trains_by_flow_matching_not_maximum_likelihood(tmp_path, 
     real = train.fit_flow_matching
 
     def spy(*args, **kwargs):
-        calls.append(kwargs["steps"])
+        calls.append((kwargs["steps"], kwargs["target"], args[0].dtype))
         return real(*args, **kwargs)
     monkeypatch.setattr(train, "fit_flow_matching", spy)
     monkeypatch.setattr(train, "fit", lambda *a, **k: pytest.fail("trained by likelihood"))
     argv = ["train", "--model", "flow_matching", "--data", "8gaussians", "--steps", "5",
             "--batch-size", "64", "--hidden", "8", "--no-progress", "--out", str(tmp_path)]
     assert cli.main(argv) == 0
-    assert calls == [5]
+    # its toy defaults: the marginal target, float32 (unless --dtype says otherwise)
+    assert calls == [(5, "marginal", np.float32)]
     assert io.load(tmp_path / "model.npz").config["model"] == "flow_matching"
     assert_png(tmp_path / "loss.png")
     with open(tmp_path / "metrics.json") as f:
-        assert np.isfinite(json.load(f)["test_nll"])
+        metrics = json.load(f)
+    assert np.isfinite(metrics["test_nll"]) and metrics["dtype"] == "float32"
+    assert "parameters, float32)" in capsys.readouterr().out
+    assert cli.main(argv[:-1] + [str(tmp_path / "c"), "--dtype", "float64"]) == 0
+    assert calls[-1] == (5, "marginal", np.float64)
     capsys.readouterr()
     assert cli.main(argv[:-1] + [str(tmp_path / "b"), "--n-layers", "2"]) == 2
     assert_one_line_error(capsys.readouterr().err, "--n-layers", "flow_matching")

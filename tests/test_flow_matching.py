@@ -8,7 +8,8 @@ import pytest
 
 from nflows_edu import datasets, flow_matching, gradcheck, io, models, train
 from nflows_edu.bijectors.cnf import TimeField
-from nflows_edu.flow_matching import cfm_loss_and_grad, field_of, ot_pairing, straight_path
+from nflows_edu.flow_matching import (MarginalTarget, cfm_loss_and_grad, field_of, ot_pairing,
+                                      straight_path)
 from nflows_edu.gradcheck import numerical_gradient, rel_error
 
 
@@ -183,3 +184,66 @@ def test_loss_and_pairing_refuse_mismatched_input(rng):
         ot_pairing(x, x[:3])
     with pytest.raises(ValueError, match="TimeField: expected a finite time"):
         field.forward(x, np.zeros(3))
+
+
+# ------------------------------------------------------------------ the marginal target
+def _brute_force_field(xt, t, data):
+    """(x - E[x_0 | x_t = x]) / t over every data point, one example at a time: the posterior
+    p_j proportional to the Gaussian likelihood N(x; (1 - t) y_j, t^2 I)."""
+    out = np.empty_like(xt)
+    for n in range(len(xt)):
+        log_lik = -np.sum((xt[n] - (1 - t[n]) * data) ** 2, axis=1) / (2 * t[n] ** 2)
+        p = np.exp(log_lik - log_lik.max())
+        out[n] = (xt[n] - p @ data / p.sum()) / t[n]
+    return out
+
+
+def test_marginal_target_is_the_posterior_average_over_the_data(rng):
+    data = datasets.toy("8gaussians", 300, rng)
+    x0, x1 = data[:64], rng.standard_normal((64, 2))
+    t = rng.uniform(0.01, 0.99, size=64)
+    xt, _ = straight_path(x0, x1, t)
+    exact = _brute_force_field(xt, t, data)
+    # the shared-reference path with the whole data set as reference
+    np.testing.assert_allclose(MarginalTarget._field(xt, t, data), exact, rtol=1e-9, atol=1e-9)
+    # the nearest-neighbour path with every point a neighbour, at every t
+    target = MarginalTarget(data, rng, k=len(data), t_knn=1.0)
+    np.testing.assert_allclose(target(x0, x1, t), exact, rtol=1e-9, atol=1e-9)
+
+
+def test_marginal_target_of_one_point_is_its_straight_line(rng):
+    y = rng.standard_normal((1, 3))
+    x0, x1 = np.repeat(y, 5, axis=0), rng.standard_normal((5, 3))
+    t = np.array([0.0, 1e-6, 0.05, 0.5, 0.9])
+    np.testing.assert_allclose(MarginalTarget(y, rng)(x0, x1, t), x1 - x0, rtol=1e-7, atol=1e-7)
+
+
+def test_marginal_target_estimates_agree_with_the_whole_sum(rng):
+    # the k nearest points for small t and a reference batch for large t: each within a small
+    # error of the sum over all 20,000 points, where the conditional target is far off
+    data = datasets.toy("checkerboard", 20000, rng)
+    target = MarginalTarget(data, rng)
+    for t_value in (0.02, 0.1, 0.3, 0.8):
+        x0, x1 = data[:200], rng.standard_normal((200, 2))
+        t = np.full(200, t_value)
+        xt, u = straight_path(x0, x1, t)
+        exact = MarginalTarget._field(xt, t, data)
+        err = np.mean(np.sum((target(x0, x1, t) - exact) ** 2, axis=1))
+        noise = np.mean(np.sum((u - exact) ** 2, axis=1))
+        assert err < 0.1 * noise and err < 0.2, (t_value, err, noise)
+
+
+def test_the_marginal_target_makes_the_regression_far_less_noisy(rng):
+    data = datasets.toy("8gaussians", 2000, rng)
+    losses = {}
+    for target in ("conditional", "marginal"):
+        flow = models.flow_matching(2, hidden=(16, 16), rng=np.random.default_rng(0))
+        history = train.fit_flow_matching(flow, data, steps=60, batch_size=128, lr=3e-3,
+                                          rng=np.random.default_rng(1), target=target,
+                                          progress=False)
+        losses[target] = np.mean(history["loss"][-20:])
+    assert losses["marginal"] < 0.3 * losses["conditional"], losses
+    with pytest.raises(ValueError, match="target 'conditional' or 'marginal'"):
+        train.fit_flow_matching(flow, data, steps=1, target="exact", progress=False)
+    with pytest.raises(ValueError, match="cannot be combined with ot=True"):
+        train.fit_flow_matching(flow, data, steps=1, target="marginal", ot=True, progress=False)
