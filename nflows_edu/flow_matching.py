@@ -171,8 +171,8 @@ class MarginalTarget:
       training points of mu (a k-d tree, ``scipy.spatial.cKDTree``; the example's own x_0,
       a training point, is among them unless the weight has moved elsewhere).
 
-    The sums are in float64: at small t, x_t - E[x_0 | x_t] is of order t, a difference of
-    numbers of order 1.
+    The nearest-neighbour sums are in float64: at small t, x_t - E[x_0 | x_t] is of order t,
+    a difference of numbers of order 1. The reference batch's (t >= t_knn) are in float32.
 
     Parameters
     ----------
@@ -204,7 +204,10 @@ class MarginalTarget:
         if far.any():
             extra = self.rng.integers(0, len(self.data), max(self.n_reference - len(x0), 0))
             y = np.concatenate([x0, self.data[extra]])            # (R, D), shared
-            u[far] = self._field(xt[far], t[far], y)
+            # in float32 (t >= t_knn: no digits to lose): 3.0 ms against 11.2 ms in float64
+            # for 450 rows and 2048 points, most of a training step's time
+            f32 = [a.astype(np.float32) for a in (xt[far], t[far], y)]
+            u[far] = self._field(*f32)
         return u
 
     @staticmethod
