@@ -22,7 +22,7 @@ adaptive dopri5 takes at rtol = atol = 1e-5 to carry 1000 base samples back to d
 stiff the learned field is). The runs go one after another (or ``--workers`` at a time),
 the models interleaved, so their times are measured under the same load.
 
-Run:  python benchmarks/continuous_toys.py [--seeds 2] [--fm-steps 15000]
+Run:  python benchmarks/continuous_toys.py [--seeds 2] [--fm-steps 100000]
           [--ffjord-steps 2000] [--workers 1] [--models flow_matching ffjord nsf]
 """
 import argparse
@@ -84,7 +84,7 @@ PER_STEP = {"flow_matching": "1 (no ODE)",
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=2, help="seeds 0 .. SEEDS-1 (default 2)")
-    parser.add_argument("--fm-steps", type=int, default=15000)
+    parser.add_argument("--fm-steps", type=int, default=100000)
     parser.add_argument("--ffjord-steps", type=int, default=2000)
     parser.add_argument("--nsf-steps", type=int, default=5000)
     parser.add_argument("--workers", type=int, default=1, help="runs at once (default 1)")
