@@ -167,7 +167,7 @@ class MarginalTarget:
     where it is accurate:
 
     * t >= ``t_knn``: a reference batch, the batch's own x_0 and ``n_reference`` - N random
-      training points (the stable target field of Xu, Tong, Jaakkola et al. 2023,
+      training points (the stable target field of Xu, Tong, Jaakkola 2023,
       arXiv:2302.00670). The width w is large; many points share the weight.
     * t < ``t_knn``: the width is small and only the points near mu matter: the ``k`` nearest
       training points of mu (a k-d tree, ``scipy.spatial.cKDTree``; the example's own x_0,
