@@ -29,9 +29,9 @@ from . import __version__, datasets, gradcheck, io, models, recipes, train
 # below stay importable from here: benchmarks and notebooks use cli.run_training, cli.LR, ...
 from .recipes import (BETA2, CLIP, CONTINUOUS, DEMO_LR, DEMO_STEPS,  # noqa: F401
                       DIGITS_ACTIVATION, DIGITS_COPIES, DIGITS_EVAL_EVERY, DIGITS_HIDDEN,
-                      DIGITS_LR, DIGITS_MODELS, DIGITS_TEMPERATURES, DIGITS_TEST_COPIES, HIDDEN, LR, N_TEST,
-                      N_TEST_CONTINUOUS, N_TEST_DEMO, N_TEST_FAST, N_TRAIN, TOY_DEFAULTS,
-                      WARMUP, UsageError, n_test, run_digits, run_training)
+                      DIGITS_LR, DIGITS_MODELS, DIGITS_TEMPERATURES, DIGITS_TEST_COPIES, HIDDEN,
+                      LR, N_TEST, N_TEST_CONTINUOUS, N_TEST_DEMO, N_TEST_FAST, N_TRAIN,
+                      TOY_DEFAULTS, WARMUP, UsageError, n_test, run_digits, run_training)
 
 PROG = "nflows-edu"
 # Errors a user can cause (bad arguments and model files become UsageError on the way).

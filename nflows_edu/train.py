@@ -543,7 +543,7 @@ def fit_flow_matching(flow, data, steps=1000, batch_size=256, lr=1e-3, rng=None,
     _check_fit_arguments(steps, batch_size, lr, clip, eval_every, warmup, 1.0, betas, where)
     rng = np.random.default_rng() if rng is None else rng
     batch_size = min(int(batch_size), len(data))
-    average = MarginalTarget(data, rng) if target == "marginal" else None
+    marginal = MarginalTarget(data, rng) if target == "marginal" else None
     keep_freed_memory()  # as in fit: the marginal target's 2048-wide softmax took 9.3 ms a
     # step without it, 3.0 ms with it (page faults)
     opt = FusedAdam(params, lr=lr, betas=tuple(betas))
@@ -568,7 +568,7 @@ def fit_flow_matching(flow, data, steps=1000, batch_size=256, lr=1e-3, rng=None,
                     x1 = ot_pairing(x0, x1)
                 field.zero_grad()
                 try:
-                    loss = cfm_loss_and_grad(field, x0, x1, t, average)
+                    loss = cfm_loss_and_grad(field, x0, x1, t, marginal)
                 except DIVERGED as err:
                     stop(step, f"the last update broke the field ({err})", err)
                 grad_norm = clip_grad_norm(params, clip)
