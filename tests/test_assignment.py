@@ -67,9 +67,15 @@ def test_mutation_catalogue_is_well_formed():
         assert name not in {m.name for m in MUTANTS}, name
 
 
+def check_two_draws(mutant):
+    """The checker on ``mutant``, two draws of each check (a ``second_core`` job)."""
+    return check_mutant(mutant, draws=2, seed=0)
+
+
 @pytest.mark.parametrize("mutant", MUTANTS, ids=[m.name for m in MUTANTS])
-def test_the_checker_catches_every_mutant(mutant):
-    result = check_mutant(mutant, draws=2, seed=0)
+@pytest.mark.second_core(job=check_two_draws)
+def test_the_checker_catches_every_mutant(mutant, second_core):
+    result = second_core()  # check_two_draws(mutant), maybe computed ahead (conftest.py)
     assert result.caught, f"{mutant.name} survived the checker"
     # it is caught by the check the catalogue says
     expected = {"gradient": "gradient", "log-det": "log-det", "round trip": "round trip",

@@ -13,11 +13,17 @@ from nflows_edu.core import Chain, Inverse
 DRAWS = range(20)
 
 
+def check_draw(name, draw):
+    """The shared checks of draw ``draw`` of layer ``name`` (a ``second_core`` job)."""
+    rng = np.random.default_rng(1000 * draw + LAYER_NAMES.index(name))
+    return gradcheck.check_layer(name, rng)
+
+
 @pytest.mark.parametrize("draw", DRAWS)
 @pytest.mark.parametrize("name", LAYER_NAMES)
-def test_registered_layer_passes_shared_checks(name, draw):
-    rng = np.random.default_rng(1000 * draw + LAYER_NAMES.index(name))
-    report = gradcheck.check_layer(name, rng)
+@pytest.mark.second_core(job=check_draw)
+def test_registered_layer_passes_shared_checks(name, draw, second_core):
+    report = second_core()  # check_draw(name, draw), maybe computed ahead (conftest.py)
     layer, _ = gradcheck.make_layer(name, np.random.default_rng(0))  # for its parameter names
     # gradcheck.THRESHOLDS, unless the registration loosens the value bars, with a reason
     # (CNF: RK4's O(h^4)); the gradients' bar is never loosened
