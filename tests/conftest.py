@@ -44,10 +44,11 @@ threadpool_limits(1, user_api="blas")
 #     def test_something(name, draw, second_core):
 #         report = second_core()             # = job(name=name, draw=draw)
 #
-# Once the tests are collected, every such job is queued in test order, and a child process
-# takes them one at a time from the back of the queue while the tests run from the front. A
-# test gets the child's result if the child has started its job, and otherwise computes it
-# here; the asserts always run here. Same code, same seeds, one BLAS thread in both
+# Once the tests are collected, the tests with a job are moved after the others, every job is
+# queued in test order, and a child process takes them one at a time from the back of the
+# queue while pytest runs the other tests and then the jobs' tests from the front. A test
+# gets the child's result if the child has started its job, and otherwise computes it here;
+# the asserts always run here. Same code, same seeds, one BLAS thread in both
 # processes: the results are the same to the bit, wherever they were computed.
 
 
@@ -116,7 +117,11 @@ def pytest_configure(config):
                                        "it may be computed ahead in a child process")
 
 
-def pytest_collection_modifyitems(items):
+def pytest_collection_modifyitems(config, items):
+    if config.option.collectonly:
+        return
+    # the other tests first (in their order), while the child starts on the jobs
+    items.sort(key=lambda item: item.get_closest_marker("second_core") is not None)
     SECOND_CORE.start([item for item in items if item.get_closest_marker("second_core")])
 
 
