@@ -48,8 +48,8 @@ threadpool_limits(1, user_api="blas")
 # queued in test order, and a child process takes them one at a time from the back of the
 # queue while pytest runs the other tests and then the jobs' tests from the front. A test
 # gets the child's result if the child has started its job, and otherwise computes it here;
-# the asserts always run here. Same code, same seeds, one BLAS thread in both
-# processes: the results are the same to the bit, wherever they were computed.
+# the asserts always run here. Same code, same seeds, one BLAS thread in both processes: the
+# results are the same to the bit, wherever they were computed (tests/test_second_core.py).
 
 
 def _child_setup():
@@ -63,6 +63,8 @@ def _child_setup():
 
 
 class SecondCore:
+    """The queue of jobs, the child process and the thread that feeds it one job at a time."""
+
     def __init__(self):
         self._queued = {}    # nodeid -> (job, kwargs), in test order
         self._started = {}   # nodeid -> Future of the child's result
@@ -106,7 +108,8 @@ class SecondCore:
 
 def _job(item):
     job = item.get_closest_marker("second_core").kwargs["job"]
-    return job, {name: item.callspec.params[name] for name in inspect.signature(job).parameters}
+    params = item.callspec.params if hasattr(item, "callspec") else {}
+    return job, {name: params[name] for name in inspect.signature(job).parameters}
 
 
 SECOND_CORE = SecondCore()
@@ -117,6 +120,7 @@ def pytest_configure(config):
                                        "it may be computed ahead in a child process")
 
 
+@pytest.hookimpl(trylast=True)  # after -k and -m have deselected what will not run
 def pytest_collection_modifyitems(config, items):
     if config.option.collectonly:
         return
