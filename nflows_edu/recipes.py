@@ -115,8 +115,9 @@ class Run:
     ``hidden`` and ``beta2`` (Adam's) are for the toys: None takes the model's
     ``TOY_DEFAULTS``, else ``HIDDEN`` and ``BETA2``; so does ``dtype`` (else float64, and
     float64 on the digits). ``threads``: BLAS threads, ``"auto"`` or a number. ``n_layers``
-    is the model's number of layers (glow's depth on the digits); ``coupling`` is glow's coupling on the digits (None: affine). ``ema`` is the
-    decay of Polyak averaging (``train.fit``'s ``ema``; None: none), not for flow matching.
+    is the model's number of layers (glow's depth on the digits); ``coupling`` is glow's
+    coupling on the digits (None: affine). ``ema`` is the decay of Polyak averaging
+    (``train.fit``'s ``ema``; None: none), not for flow matching.
     ``n_test`` is the number of fresh points the toys' KL is estimated on (None: ``n_test``'s
     default for the model).
     """
@@ -271,7 +272,8 @@ def _train_and_report(flow, x, rng, config, model_path, start):
     metrics = dict(model=model, data=data, steps=len(history["loss"]),
                    batch_size=config.batch_size, lr=config.lr, beta2=config.beta2,
                    warmup=config.warmup, seed=config.seed, dtype=config.dtype,
-                   test_nll=test_nll, kl=kl, kl_se=kl_se, n_test=len(test), interrupted=history["interrupted"],
+                   test_nll=test_nll, kl=kl, kl_se=kl_se, n_test=len(test),
+                   interrupted=history["interrupted"],
                    train_seconds=round(train_seconds, 3),
                    eval_seconds=round(eval_done - start - train_seconds, 3),
                    pictures_seconds=round(time.perf_counter() - eval_done, 3),
